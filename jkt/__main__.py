@@ -1,0 +1,79 @@
+"""Command line: ``python -m jkt distill|data ...``.
+
+    python -m jkt distill --profile cpu --per-class 10        # Tables 1-2 analog for one per-class size
+    python -m jkt data fashion-mnist [--download]              # find (or fetch) a dataset and say where
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _per_class(text: str):
+    return "full" if text == "full" else int(text)
+
+
+def cmd_distill(args) -> int:
+    from .experiments import plan_distillation
+    from .report import distill_table
+
+    plan = plan_distillation(args.profile, args.dataset, args.per_class, args.methods, args.seeds, args.epochs,
+                             args.batch_size, args.jacobian_output, args.jacobian_loss, device=args.device,
+                             results=args.results)
+    pending = plan.pending()
+    print(f"profile={plan.profile.name} dataset={plan.dataset} per_class={plan.per_class} device={plan.device}: "
+          f"{len(plan.methods) * len(plan.seeds)} runs, {len(pending)} to do", flush=True)
+    records = plan.run()
+    teacher = records["teacher_test_accuracy"].iloc[0] if len(records) else float("nan")
+    table = distill_table(records, plan.methods, plan.dataset, plan.per_class, plan.profile.name)
+    print(f"\nteacher {plan.profile.teacher_arch} test accuracy: {teacher:.2f}%")
+    print(table.drop(columns=["mean", "std"]).to_string())
+    return 0
+
+
+def cmd_data(args) -> int:
+    from . import data
+
+    ds = data.load(args.name, download=args.download)
+    print(f"{ds.name}: {len(ds.train)} training and {len(ds.test)} test images, {ds.num_classes} classes, "
+          f"{ds.in_channels}x{ds.image_size[0]}x{ds.image_size[1]}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jkt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("distill", help="low-data distillation (Tables 1-2) for one per-class size")
+    d.add_argument("--profile", default="cpu", help="smoke, cpu or paper (default cpu)")
+    d.add_argument("--dataset", default=None, help="default: the profile's")
+    d.add_argument("--per-class", type=_per_class, default=None, help="examples per class, or 'full'")
+    d.add_argument("--methods", nargs="+", default=None, help="method presets (default: the six of Tables 1-2)")
+    d.add_argument("--seeds", nargs="+", type=int, default=None)
+    d.add_argument("--epochs", type=int, default=None)
+    d.add_argument("--batch-size", type=int, default=None)
+    d.add_argument("--jacobian-output", default="target", help="target or top1")
+    d.add_argument("--jacobian-loss", default=None, help="squared or normalized (default: the paper's)")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--results", default=None, help="records folder (default results/ or $JKT_RESULTS)")
+    d.set_defaults(func=cmd_distill)
+
+    g = sub.add_parser("data", help="find a dataset offline (or download it) and describe it")
+    g.add_argument("name")
+    g.add_argument("--download", action="store_true", help="let torchvision download it if not found")
+    g.set_defaults(func=cmd_data)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "methods", 0) is None:
+        from .losses import PAPER_METHODS
+        args.methods = list(PAPER_METHODS)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
