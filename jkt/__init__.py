@@ -1,2 +1,15 @@
-"""jkt: knowledge transfer with Jacobian matching (Srinivas & Fleuret, ICML 2018)."""
+"""jkt: knowledge transfer with Jacobian matching (Srinivas & Fleuret, ICML 2018), taught and reproduced.
+
+Submodules load on first use, so ``import jkt`` is cheap and ``jkt.plots.save(...)`` just works.
+"""
+import importlib
+
 __version__ = "0.1.0"
+__all__ = ["data", "models", "jacobian", "losses", "taylor", "train", "teachers", "store", "profiles",
+           "experiments", "robustness", "transfer", "paper", "report", "plots", "validate"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'jkt' has no attribute {name!r}")
