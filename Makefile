@@ -29,7 +29,7 @@ reproduce: setup
 
 # Unit tests, then every notebook headless in the smoke profile.
 test: setup
-	JKT_PROFILE=smoke JKT_PROGRESS=0 JKT_FIGURES=runs/test-figures $(PY) -m pytest -q -p no:cacheprovider tests --nbval-lax notebooks
+	OMP_NUM_THREADS=1 JKT_PROFILE=smoke JKT_PROGRESS=0 JKT_FIGURES=runs/test-figures $(PY) -m pytest -q -p no:cacheprovider tests --nbval-lax notebooks
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,7 +16,7 @@ from . import models, profiles, store
 from .losses import PAPER_METHODS, PRESETS, preset
 from .teachers import get_teacher, teacher_config, teacher_targets
 from .train import accuracy, fit, peak_memory_mb, progress_bar, resolve_device, seed_everything
-from .validate import (check_choice, check_choices, check_positive_int,
+from .validate import (as_list, check_choice, check_choices, check_positive_int,
                        check_positive_number, check_seeds, check_sigma)
 
 METHODS = tuple(PRESETS)
@@ -164,8 +164,8 @@ def plan_distillation(profile: str = "cpu", dataset: str | None = None, per_clas
     if not isinstance(dataset, str) or not (dataset in jdata.DATASETS or dataset.startswith("imagefolder:")):
         raise ValueError(f"dataset={dataset!r} is not allowed; choose one of {list(jdata.DATASETS)} "
                          f"or 'imagefolder:PATH'")
-    methods = check_choices("methods", list(methods), METHODS)
-    seeds = check_seeds("seeds", list(p.seeds) if seeds is None else seeds)
+    methods = check_choices("methods", as_list("methods", methods, '["ce", "act+jac+ce"]', words=True), METHODS)
+    seeds = check_seeds("seeds", list(p.seeds) if seeds is None else as_list("seeds", seeds, "[0, 1, 2]"))
     if epochs is not None:
         check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", p.batch_size if batch_size is None else batch_size)

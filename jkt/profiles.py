@@ -37,6 +37,7 @@ class Profile:
     robust_epochs: int
     robust_per_class: object          # "full" or an int: the training set of the Table 3 networks
     noise_draws: int
+    robust_test_per_class: object = "full"  # the test images of Table 3 ("full": the official test split)
     lr: float = 1e-3
     anneal_at: float = 0.8
 
@@ -58,7 +59,7 @@ PROFILES = {
         teacher_arch="vgg9", teacher_width=1 / 16, teacher_epochs=3, teacher_batch_size=64,
         student_arch="vgg4", student_width=1 / 8, student_epochs=None, student_steps=12, batch_size=64,
         per_class=5, per_class_grid={"digits": (5,)}, seeds=(0,),
-        robust_width=1 / 16, robust_epochs=2, robust_per_class=20, noise_draws=2),
+        robust_width=1 / 8, robust_epochs=10, robust_per_class=20, noise_draws=2),
     "cpu": Profile(
         name="cpu", dataset="fashion-mnist", datasets=("fashion-mnist",),
         teacher_arch="vgg9", teacher_width=1 / 8, teacher_epochs=3, teacher_batch_size=128,

@@ -5,7 +5,9 @@ validation cells.
 """
 from __future__ import annotations
 
+import ast
 import math
+import re
 from numbers import Integral, Real
 
 
@@ -91,3 +93,19 @@ def check_seeds(name: str, seeds):
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"{name}={seeds!r} repeats a seed")
     return seeds
+
+
+def as_list(name: str, value, example: str, words: bool = False):
+    """papermill's ``-p`` passes a list as its text (``'[0, 0.1]'``): read it back. One number (or, with
+    ``words``, one bare word such as ``penalty``) is a list of one."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            if words and re.fullmatch(r"[\w+\-:./]+", value.strip()):
+                return [value.strip()]
+            raise ValueError(f"{name}={value!r} is not a list; write it as a list such as {example} "
+                             f"(papermill: -p {name} '{example}' or -y '{name}: {example}')") from None
+    if (isinstance(value, Real) and not isinstance(value, bool)) or (words and isinstance(value, str)):
+        value = [value]
+    return list(value) if isinstance(value, tuple) else value

@@ -13,7 +13,7 @@ from jkt.losses import PAPER_METHODS
     (dict(profile="laptop"), "profile"),
     (dict(dataset="mnist"), "dataset"),
     (dict(methods=["ce", "magic"]), "methods"),
-    (dict(methods="ce"), "methods"),
+    (dict(methods="[ce"), "methods"),
     (dict(per_class=0), "per_class"),
     (dict(per_class=-3), "per_class"),
     (dict(per_class=10_000), "per_class"),
@@ -39,6 +39,12 @@ def test_bad_parameters_are_rejected_before_any_file_is_written(tmp_path, kwargs
 def test_per_class_above_the_class_size_names_the_range():
     with pytest.raises(ValueError, match=r"per_class.*1 to 1"):  # digits' smallest training class has 1xx
         plan_distillation("smoke", per_class=100_000, progress=False)
+
+
+def test_lists_given_as_text_by_papermill_are_read_back():
+    plan = plan_distillation("smoke", methods='["ce", "act"]', seeds="[3, 4]", progress=False)
+    assert plan.methods == ["ce", "act"] and plan.seeds == [3, 4]
+    assert plan_distillation("smoke", methods="act+jac", progress=False).methods == ["act+jac"]
 
 
 def test_unused_options_do_not_change_a_runs_key():
