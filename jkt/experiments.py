@@ -15,7 +15,8 @@ from . import data as jdata
 from . import models, profiles, store
 from .losses import PAPER_METHODS, PRESETS, preset
 from .teachers import get_teacher, teacher_config, teacher_targets
-from .train import accuracy, fit, peak_memory_mb, progress_bar, resolve_device, seed_everything
+from .train import (accuracy, fit, peak_memory_mb, progress_bar, reset_peak_memory, resolve_device,
+                    seed_everything)
 from .validate import (as_list, check_choice, check_choices, check_positive_int,
                        check_positive_number, check_seeds, check_sigma)
 
@@ -109,6 +110,7 @@ class DistillPlan:
         config = self.run_config(method, seed)
         objective = preset(method, **{k: v for k, v in config["objective"].items()})
         start = time.perf_counter()
+        reset_peak_memory(self.device)
         train = self.train_split(seed)
         targets = None
         if objective.needs_teacher:

@@ -27,7 +27,7 @@ from .experiments import host_info
 from .jacobian import eval_mode, input_gradient
 from .losses import Objective
 from .report import fmt
-from .train import (accuracy_under_noise, fit, peak_memory_mb, progress_bar, resolve_device,
+from .train import (accuracy_under_noise, fit, peak_memory_mb, progress_bar, reset_peak_memory, resolve_device,
                     seed_everything)
 from .validate import (as_list, check_choices, check_nonnegative_int, check_numbers, check_positive_int,
                        check_positive_number, check_seeds)
@@ -200,8 +200,7 @@ class RobustnessPlan:
         objective = route_objective(net.route, net.strength, self.projections)
         train = jdata.subset(self.data.train, self.per_class, net.seed)
         seed_everything(net.seed)
-        if self.device.type == "cuda":  # per-network peaks on a GPU (on the CPU: the process's resident peak)
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_memory(self.device)  # per-network peaks on a GPU (on the CPU: the process's resident peak)
         model = models.build(ARCH, self.data.in_channels, self.data.num_classes, self.width)
         history = fit(model, self.data, train, objective, self.epochs, self.batch_size, seed=net.seed,
                       lr=self.profile.lr, anneal_at=self.profile.anneal_at, device=self.device,

@@ -176,8 +176,15 @@ def accuracy_under_noise(model: nn.Module, dataset: Dataset, split: Split, sigma
     return {"sigma": float(sigma), "mean": mean, "std": std, "draws": accs}
 
 
+def reset_peak_memory(device) -> None:
+    """Start a new peak-memory window on a GPU (on the CPU the process peak cannot be reset)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device) -> float:
-    """Peak memory of this process so far: CUDA allocations on a GPU, the resident set on the CPU."""
+    """Peak memory: CUDA allocations since the last reset_peak_memory on a GPU; on the CPU the process's
+    peak resident set so far (an upper bound for the current run)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
