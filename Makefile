@@ -25,7 +25,7 @@ data: $(STAMP)
 	fi
 
 reproduce: setup
-	$(PY) -m jkt distill --profile cpu
+	$(PY) -m jkt reproduce --profile cpu
 
 # Unit tests, then every notebook headless in the smoke profile.
 test: setup

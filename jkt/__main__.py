@@ -1,5 +1,7 @@
-"""Command line: ``python -m jkt distill|data ...``.
+"""Command line: ``python -m jkt reproduce|distill|data ...``.
 
+    python -m jkt reproduce --profile cpu                     # the whole paper: notebooks 03-05 on the grid, then 06
+    python -m jkt reproduce --profile paper --scheduler tcp://host:8786   # the same on a Dask cluster
     python -m jkt distill --profile cpu --per-class 10        # Tables 1-2 analog for one per-class size
     python -m jkt data fashion-mnist [--download]              # find (or fetch) a dataset and say where
 """
@@ -31,6 +33,28 @@ def cmd_distill(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from . import batch
+
+    if args.list:
+        jobs = batch.plan(args.profile, args.only, args.seeds, args.out, args.device)
+        for job in jobs:
+            print(f"{job.describe():48s} {job.output}  {job.parameters}")
+        print(f"{len(jobs)} notebooks, then {batch.report_job(args.profile, args.out).output}")
+        return 0
+    try:
+        summary, report = batch.reproduce(args.profile, args.only, args.seeds, args.workers, args.scheduler, args.out,
+                                          args.results, args.device, report=not args.no_report)
+    except batch.BatchBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are kept; the same command resumes the grid", file=sys.stderr)
+        return 130
+    failed = bool(summary.failed) or (report is not None and report["status"] == "failed")
+    return 1 if failed else 0
+
+
 def cmd_data(args) -> int:
     from . import data
 
@@ -58,6 +82,25 @@ def main(argv=None) -> int:
     d.add_argument("--device", default="auto")
     d.add_argument("--results", default=None, help="records folder (default results/ or $JKT_RESULTS)")
     d.set_defaults(func=cmd_distill)
+
+    r = sub.add_parser("reproduce", help="the paper's grid: notebooks 03-05 through papermill, then report notebook 06",
+                       description="Run every unfinished notebook of the grid (executed copies in OUT/PROFILE/), "
+                                   "then notebooks/06_reproduce.ipynb. Resumable: run it again after any interruption. "
+                                   "Exit code 1 when any notebook failed.")
+    r.add_argument("--profile", default="cpu", help="smoke, cpu or paper (default cpu)")
+    r.add_argument("--only", nargs="+", choices=["distill", "robustness", "transfer"], default=None,
+                   help="run only these experiments (default all three); the report still covers every record")
+    r.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 (default: the profile's)")
+    r.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="local worker processes (default: one per GPU, else one per core within memory)")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="a Dask scheduler (tcp://host:8786): run the notebooks on its workers instead")
+    r.add_argument("--out", default=None, metavar="DIR", help="executed notebooks go to DIR/PROFILE/ (default runs/)")
+    r.add_argument("--results", default=None, metavar="DIR", help="records folder (default results/ or $JKT_RESULTS)")
+    r.add_argument("--device", default="auto", help="passed to every notebook (default auto: the worker's GPU or CPU)")
+    r.add_argument("--no-report", action="store_true", help="do not run notebook 06 at the end")
+    r.add_argument("--list", action="store_true", help="print the planned notebooks and exit")
+    r.set_defaults(func=cmd_reproduce)
 
     g = sub.add_parser("data", help="find a dataset offline (or download it) and describe it")
     g.add_argument("name")

@@ -1,6 +1,7 @@
-"""Tables beside the paper's numbers."""
+"""Tables beside the paper's numbers, and the paper's claims tested on ours across seeds (notebooks 03 and 06)."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from . import paper
@@ -33,3 +34,340 @@ def distill_table(records: pd.DataFrame, methods, dataset: str, per_class, profi
             row["paper"] = paper.distillation_number(dataset, m, per_class)
         rows.append(row)
     return pd.DataFrame(rows).set_index("method")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The batch report (notebook 06): tables beside the paper for every record of a profile, claim verdicts
+
+VERDICTS = ("supported", "partly supported", "not resolved", "mixed", "contradicted", "no data")
+PAPER_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def _per_class_order(values) -> list:
+    """Per-class sizes in increasing order, "full" last."""
+    values = list(dict.fromkeys(values))
+    return sorted([v for v in values if v != "full"], key=float) + (["full"] if "full" in values else [])
+
+
+def ordered(methods, order) -> list:
+    present = list(dict.fromkeys(methods))
+    return [m for m in order if m in present] + [m for m in present if m not in order]
+
+
+def distillation_reference(dataset: str, per_classes) -> tuple[str, bool]:
+    """The paper table to put beside ours: ``(paper dataset, same dataset?)``. Our own dataset when the paper has
+    it; otherwise, for orientation, the paper table sharing most of our per-class columns (CIFAR-10 on ties)."""
+    if dataset in paper.DISTILLATION:
+        return dataset, True
+    per_classes = set(per_classes)
+    best = max(paper.DISTILLATION, key=lambda d: (len(per_classes & set(paper.DISTILLATION[d]["per_class"])),
+                                                  d == "cifar10"))
+    return best, False
+
+
+def reference_label(dataset: str, same: bool) -> str:
+    name = PAPER_NAMES.get(dataset, dataset)
+    return f"paper ({name})" if same else f"paper {name} (different dataset)"
+
+
+def distillation_table(records: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Tables 1-2 for one dataset: one row per method (the paper's order), for every per_class of our records a
+    column ``(per_class, "ours")`` with mean ± std over seeds and beside it the paper's number (its own table on
+    CIFAR, else the closest paper table for orientation, labelled as a different dataset)."""
+    part = records[records["dataset"] == dataset] if len(records) else records
+    if not len(part):
+        return pd.DataFrame()
+    per_classes = _per_class_order(part["per_class"])
+    ref, same = distillation_reference(dataset, per_classes)
+    label = reference_label(ref, same)
+    methods = ordered(part["method"], paper.DISTILLATION[ref]["rows"])
+    table = pd.DataFrame(index=pd.Index(methods, name="method"))
+    for pc in per_classes:
+        cell = part[part["per_class"] == pc]
+        table[(pc, "ours")] = [_cell(cell.loc[cell["method"] == m, "test_accuracy"]) for m in methods]
+        numbers = [paper.distillation_number(ref, m, pc) for m in methods]
+        table[(pc, label)] = ["—" if v is None else f"{v:.2f}" for v in numbers]
+    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["per_class", ""])
+    return table
+
+
+def _cell(values) -> str:
+    values = pd.Series(values, dtype=float).dropna()
+    return fmt(*mean_std(values)) if len(values) else "not run"
+
+
+def distillation_long(records: pd.DataFrame) -> pd.DataFrame:
+    """The distillation records for plotting, with ``images per class`` numeric ("full" becomes the training
+    set's size per class) and ``label`` the method's description."""
+    if not len(records):
+        return records
+    df = records.copy()
+    classes = {}
+    for dataset, part in df[df["per_class"] != "full"].groupby("dataset"):
+        classes[dataset] = float((part["n_train"] / part["per_class"].astype(float)).median())
+    df["images per class"] = [float(pc) if pc != "full" else n / classes.get(d, 1.0)
+                              for pc, n, d in zip(df["per_class"], df["n_train"], df["dataset"])]
+    return df
+
+
+def robustness_table(curves: pd.DataFrame, dataset: str, profile: str, route: str = "penalty") -> pd.DataFrame:
+    """Table 3: one row per penalty strength, for every test sigma our accuracy (mean ± std over seeds of each
+    network's mean over noise draws) beside the paper's (CIFAR-100; for orientation when ours is another dataset)."""
+    if not len(curves):
+        return pd.DataFrame()
+    part = curves[curves["route"] == route]
+    per_seed = part.groupby(["strength", "sigma", "seed"], as_index=False)["accuracy"].mean()
+    same = profile == "paper" and dataset == "cifar100"
+    label = reference_label("cifar100", same)
+    rows = paper.TABLE3_ROBUSTNESS["rows"]
+    strengths = sorted(per_seed["strength"].unique())
+    table = pd.DataFrame(index=pd.Index(strengths, name="strength"))
+    for sigma in sorted(per_seed["sigma"].unique()):
+        cell = per_seed[per_seed["sigma"] == sigma]
+        table[(sigma, "ours")] = [_cell(cell.loc[cell["strength"] == s, "accuracy"]) for s in strengths]
+        refs = []
+        for s in strengths:
+            entry = next((row for k, row in rows.items() if abs(k - s) < 1e-12), None)
+            j = next((i for i, t in enumerate(paper.TABLE3_ROBUSTNESS["sigmas"]) if abs(t - sigma) < 1e-12), None)
+            refs.append("—" if entry is None or j is None else
+                        (f"{entry[j][0]:.2f}" if entry[j][1] is None else f"{entry[j][0]:.2f} ± {entry[j][1]:.2f}"))
+        table[(sigma, label)] = refs
+    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["sigma", ""])
+    return table
+
+
+def transfer_report_table(records: pd.DataFrame) -> pd.DataFrame:
+    """The poster's transfer table: one row per method (its order), for every (setting, per_class) of our records
+    our accuracy (mean ± std over seeds) beside the poster's MIT Indoor 67 number: at the same per_class in the
+    paper setting on 67 classes, else its 25-per-class column for orientation (a different task)."""
+    if not len(records):
+        return pd.DataFrame()
+    poster = paper.TRANSFER_MIT67
+    methods = ordered(records["method"], poster["rows"])
+    table = pd.DataFrame(index=pd.Index(methods, name="method"))
+    for setting in dict.fromkeys(records["setting"]):
+        part = records[records["setting"] == setting]
+        for pc in _per_class_order(part["per_class"]):
+            cell = part[part["per_class"] == pc]
+            name = f"{setting}, {pc}" if records["setting"].nunique() > 1 else pc
+            table[(name, "ours")] = [_cell(cell.loc[cell["method"] == m, "test_accuracy"]) for m in methods]
+            same = setting == "paper" and pc in poster["per_class"] and _num_classes(cell) == 67
+            col = poster["per_class"].index(pc) if same else 0
+            label = "poster (MIT Indoor 67)" if same else "poster MIT Indoor 67, 25/class (different task)"
+            table[(name, label)] = [f"{poster['rows'][m][col]:.2f}" if m in poster["rows"] else "—" for m in methods]
+    table.columns = pd.MultiIndex.from_tuples(table.columns, names=["per_class", ""])
+    return table
+
+
+def _num_classes(records: pd.DataFrame):
+    rows = records[records["per_class"] != "full"]
+    if not len(rows):
+        return None
+    return int(round(float((rows["n_train"] / rows["per_class"].astype(float)).median())))
+
+
+# ---- statistics across seeds ------------------------------------------------------------------------------
+
+def _welch(a, b, alternative="two-sided", shift=0.0) -> float:
+    """p-value of Welch's t-test on ``a - shift`` against ``b`` (nan with fewer than 2 values per side)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread at all: the difference is exact
+        d = a.mean() - shift - b.mean()
+        return 0.0 if ((alternative == "greater" and d > 0) or (alternative == "less" and d < 0)
+                       or (alternative == "two-sided" and d != 0)) else 1.0
+    return float(stats.ttest_ind(a - shift, b, equal_var=False, alternative=alternative).pvalue)
+
+
+def compare(a, b, kind: str = "greater", alpha: float = 0.05, margin: float = 1.0) -> dict:
+    """One comparison across seeds of accuracies ``a`` (the claim's method) and ``b`` (its baseline).
+
+    kind "greater": a beats b (Welch, two-sided: supported when a > b and p < alpha, contradicted when a < b and
+    p < alpha). "no_gain": a gains less than ``margin`` points over b (supported when the one-sided test of
+    a - b < margin rejects, contradicted when a - b > margin does). "close": |a - b| < margin (two one-sided
+    tests, supported when both reject; contradicted when |a - b| is significantly beyond the margin).
+    Anything else, or fewer than 2 seeds on a side: "not resolved".
+    """
+    a, b = pd.Series(a, dtype=float).dropna().to_numpy(), pd.Series(b, dtype=float).dropna().to_numpy()
+    out = {"a_mean": a.mean() if len(a) else np.nan, "a_std": a.std(ddof=1) if len(a) > 1 else np.nan,
+           "a_n": len(a), "b_mean": b.mean() if len(b) else np.nan, "b_std": b.std(ddof=1) if len(b) > 1 else np.nan,
+           "b_n": len(b)}
+    out["diff"] = out["a_mean"] - out["b_mean"]
+    verdict, p = "not resolved", float("nan")
+    if len(a) >= 2 and len(b) >= 2:
+        if kind == "greater":
+            p = _welch(a, b)
+            if p < alpha:
+                verdict = "supported" if out["diff"] > 0 else "contradicted"
+        elif kind == "no_gain":
+            p = _welch(a, b, "less", shift=margin)
+            if p < alpha:
+                verdict = "supported"
+            elif _welch(a, b, "greater", shift=margin) < alpha:
+                verdict, p = "contradicted", _welch(a, b, "greater", shift=margin)
+        elif kind == "close":
+            p = max(_welch(a, b, "greater", shift=-margin), _welch(a, b, "less", shift=margin))
+            if p < alpha:
+                verdict = "supported"
+            else:
+                beyond = min(_welch(a, b, "greater", shift=margin), _welch(a, b, "less", shift=-margin))
+                if beyond < alpha:
+                    verdict, p = "contradicted", beyond
+        else:
+            raise ValueError(f"kind={kind!r} is not allowed; choose one of ['greater', 'no_gain', 'close']")
+    out.update(p=p, verdict=verdict)
+    return out
+
+
+def trend(strengths, values, alpha: float = 0.05, min_seeds: int = 2) -> dict:
+    """Does ``values`` grow with ``strengths``? Spearman's rank correlation over every (strength, seed) point;
+    "not resolved" when p >= alpha or any strength has fewer than ``min_seeds`` seeds."""
+    from scipy import stats
+
+    s, v = np.asarray(strengths, dtype=float), np.asarray(values, dtype=float)
+    counts = pd.Series(s).value_counts()
+    out = {"rho": np.nan, "p": np.nan, "points": len(s), "verdict": "not resolved"}
+    if len(counts) >= 2 and counts.min() >= min_seeds:
+        res = stats.spearmanr(s, v)
+        out.update(rho=float(res.statistic), p=float(res.pvalue))
+        if out["p"] < alpha:
+            out["verdict"] = "supported" if out["rho"] > 0 else "contradicted"
+    return out
+
+
+def combine(verdicts) -> str:
+    """A claim's verdict from its cells': all supported -> supported; some supported, none contradicted ->
+    partly supported; both -> mixed; only contradicted (and unresolved) -> contradicted; else not resolved."""
+    verdicts = list(verdicts)
+    if not verdicts:
+        return "no data"
+    yes, no = verdicts.count("supported"), verdicts.count("contradicted")
+    if yes == len(verdicts):
+        return "supported"
+    if yes and no:
+        return "mixed"
+    if yes:
+        return "partly supported"
+    return "contradicted" if no else "not resolved"
+
+
+def _fmt_p(p) -> str:
+    return "n/a" if p != p else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _mean_sd(mean, std, n) -> str:
+    return "—" if n == 0 else (f"{mean:.2f} ± {std:.2f} (n={n})" if n > 1 else f"{mean:.2f} (n=1)")
+
+
+# ---- the paper's claims ------------------------------------------------------------------------------------
+
+CLAIMS = [
+    ("distill-low", "Distillation beats training from scratch at low data", "Tables 1-2"),
+    ("jacobian-low", "Matching activations and Jacobians beats activations alone at low data", "Tables 1-2"),
+    ("jacobian-full", "At full data, Jacobians do not help", "Tables 1-2"),
+    ("penalty-noise", "The Jacobian-norm penalty raises accuracy under noise as its strength grows", "Table 3"),
+    ("penalty-clean", "... while clean accuracy stays close", "Table 3"),
+    ("lwf-jacobian", "LwF + Jacobians beats LwF", "transfer table"),
+    ("attention-jacobian", "Attention + Jacobians beats attention", "transfer table"),
+]
+
+
+def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, low_data: int = 10,
+           margin: float = 1.0, clean_margin: float = 2.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's claims tested on our records, across seeds: ``(claims, cells)``.
+
+    ``claims``: one row per claim (jkt.report.CLAIMS) with its verdict, the test, and the numbers behind it;
+    ``cells``: one row per comparison (a dataset and per_class, or a sigma). Low data: per_class <= ``low_data``;
+    full data: per_class "full", else our largest per_class (said so in the row). ``margin``: a gain below it
+    (percentage points) is "no help"; ``clean_margin``: how close "close" is. A claim without records: "no data".
+    """
+    empty = pd.DataFrame()
+    distill = empty if distill is None else distill
+    robustness = empty if robustness is None else robustness
+    transfer = empty if transfer is None else transfer
+    cells = []
+
+    def cell(claim, where, a_name, b_name, a, b, kind, m=margin):
+        if not len(a) or not len(b):
+            return  # a method that was not run: no comparison
+        r = compare(a, b, kind, alpha, m)
+        cells.append({"claim": claim, "where": where, "comparison": f"{a_name} vs {b_name}", **r})
+
+    if len(distill):
+        for dataset, part in distill.groupby("dataset", sort=False):
+            per_classes = _per_class_order(part["per_class"])
+            acc = lambda m, pc: part.loc[(part["method"] == m) & (part["per_class"] == pc), "test_accuracy"]  # noqa: E731
+            for pc in [v for v in per_classes if v != "full" and float(v) <= low_data]:
+                where = f"{dataset}, per_class {pc}"
+                for a_name in ("act+ce", "act"):
+                    cell("distill-low", where, a_name, "ce", acc(a_name, pc), acc("ce", pc), "greater")
+                for a_name, b_name in (("act+jac+ce", "act+ce"), ("act+jac", "act")):
+                    cell("jacobian-low", where, a_name, b_name, acc(a_name, pc), acc(b_name, pc), "greater")
+            top = per_classes[-1]
+            if top != "full" and float(top) <= low_data:
+                continue  # no per_class above low data: nothing to say about full data
+            where = f"{dataset}, per_class {top}" + ("" if top == "full" else " (our largest; not the full set)")
+            for a_name, b_name in (("act+jac+ce", "act+ce"), ("act+jac", "act")):
+                cell("jacobian-full", where, a_name, b_name, acc(a_name, top), acc(b_name, top), "no_gain")
+    penalty = robustness[robustness["route"] == "penalty"] if len(robustness) else robustness
+    for dataset, part in (penalty.groupby("dataset", sort=False) if len(penalty) else []):
+        per_seed = part.groupby(["strength", "sigma", "seed"], as_index=False)["accuracy"].mean()
+        strengths = sorted(per_seed["strength"].unique())
+        for sigma in sorted(per_seed["sigma"].unique()):
+            at = per_seed[per_seed["sigma"] == sigma]
+            if sigma > 0:
+                r = trend(at["strength"], at["accuracy"], alpha)
+                top = at[at["strength"] == strengths[-1]]["accuracy"]
+                base = at[at["strength"] == strengths[0]]["accuracy"]
+                cells.append({"claim": "penalty-noise", "where": f"{dataset}, sigma {sigma:g}",
+                              "comparison": f"Spearman over strengths {', '.join(f'{s:g}' for s in strengths)}",
+                              "a_mean": top.mean(), "a_std": top.std(ddof=1), "a_n": len(top),
+                              "b_mean": base.mean(), "b_std": base.std(ddof=1), "b_n": len(base),
+                              "diff": top.mean() - base.mean(), **r})
+            elif len(strengths) > 1:
+                cell("penalty-clean", f"{dataset}, sigma 0", f"strength {strengths[-1]:g}", f"strength {strengths[0]:g}",
+                     at.loc[at["strength"] == strengths[-1], "accuracy"],
+                     at.loc[at["strength"] == strengths[0], "accuracy"], "close", clean_margin)
+    if len(transfer):
+        for (setting, pc), part in transfer.groupby(["setting", "per_class"], sort=False):
+            acc = lambda m: part.loc[part["method"] == m, "test_accuracy"]  # noqa: E731
+            where = f"{setting}, per_class {pc}"
+            cell("lwf-jacobian", where, "lwf+jac", "lwf", acc("lwf+jac"), acc("lwf"), "greater")
+            cell("attention-jacobian", where, "lwf+att+jac", "lwf+att", acc("lwf+att+jac"), acc("lwf+att"), "greater")
+
+    cells = pd.DataFrame(cells)
+    tests = {"greater": f"Welch t-test across seeds, p < {alpha:g}",
+             "no_gain": f"one-sided Welch against a gain of {margin:g} points, p < {alpha:g}",
+             "close": f"two one-sided Welch tests, |difference| < {clean_margin:g} points, p < {alpha:g}",
+             "trend": f"Spearman rank correlation over strengths and seeds, p < {alpha:g}"}
+    kinds = {"distill-low": "greater", "jacobian-low": "greater", "jacobian-full": "no_gain", "penalty-noise": "trend",
+             "penalty-clean": "close", "lwf-jacobian": "greater", "attention-jacobian": "greater"}
+    rows = []
+    for key, text, source in CLAIMS:
+        mine = cells[cells["claim"] == key] if len(cells) else cells
+        evidence = []
+        for _, c in mine.iterrows():
+            if key == "penalty-noise":
+                evidence.append(f"{c['where']}: rho {c['rho']:+.2f} over {int(c['points'])} networks, p {_fmt_p(c['p'])} "
+                                f"(strongest {_mean_sd(c['a_mean'], c['a_std'], c['a_n'])} vs none "
+                                f"{_mean_sd(c['b_mean'], c['b_std'], c['b_n'])}): {c['verdict']}")
+            else:
+                evidence.append(f"{c['where']}: {c['comparison']} {_mean_sd(c['a_mean'], c['a_std'], c['a_n'])} vs "
+                                f"{_mean_sd(c['b_mean'], c['b_std'], c['b_n'])}, Δ {c['diff']:+.2f}, "
+                                f"p {_fmt_p(c['p'])}: {c['verdict']}")
+        rows.append({"claim": text, "paper": source, "verdict": combine(mine["verdict"]) if len(mine) else "no data",
+                     "test": tests[kinds[key]], "evidence": "; ".join(evidence) or "no records yet"})
+    return pd.DataFrame(rows), cells
+
+
+def markdown(table: pd.DataFrame, index: bool = True) -> str:
+    """A DataFrame as a GitHub markdown table (multi-level columns joined with a space), for the README."""
+    df = table.reset_index() if index else table
+    names = [" ".join(str(x) for x in c if str(x)) if isinstance(c, tuple) else str(c) for c in df.columns]
+    lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,779 @@
+"""The batch reproduction: the paper's grid as papermill jobs, run on an Executor, resumable, then the report.
+
+A *job* is one execution of an experiment notebook (03 distillation, 04 robustness, 05 transfer) with the
+grid's parameters, written to ``<out>/<profile>/<experiment>/<name>.ipynb`` (through a temporary name,
+renamed when it succeeds; ``<name>.failed.ipynb`` when it fails), so every number can be traced to the
+notebook that made it. Jobs are independent and go to a ``concurrent.futures.Executor``: a local process
+pool (one worker per GPU when there are GPUs, each pinned to its own), or a Dask cluster
+(``Client(address).get_executor()``), with the same code path. Notebook 06 tabulates the records at the end.
+
+Resumable: a job is skipped when its executed notebook exists *and* every record its plan expects exists.
+The notebooks write each run's record atomically (jkt.store), so a job killed at any moment simply reruns
+and loads its finished runs; records are keyed by their config, so nothing is ever duplicated.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import FIRST_COMPLETED, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import profiles
+from .store import REPO
+from .validate import check_choices, check_positive_int
+
+EXPERIMENTS = ("distill", "robustness", "transfer")
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = {"distill": "03_distill.ipynb", "robustness": "04_robustness.ipynb",
+             "transfer": "05_transfer.ipynb", "report": "06_reproduce.ipynb"}
+# The transfer table's analog per profile: (setting, per-class sizes). None: the recipe's own per_class.
+# The paper setting is the poster's table (MIT Indoor 67 at 25, 50 images per class and the full set).
+TRANSFER_GRID = {"smoke": ("offline", None), "cpu": ("offline", None), "paper": ("paper", (25, 50, "full"))}
+# Table 3 is the paper's penalty only (notebook 04 also offers noise training and a full-Jacobian penalty).
+ROBUSTNESS_ROUTES = ("penalty",)
+KERNEL_ENV_DROP = ("JKT_PROFILE",)  # the batch passes the profile explicitly; CI's override must not leak in
+
+
+def default_out() -> Path:
+    """``<repo>/runs``: executed notebooks go to ``<out>/<profile>/<experiment>/``."""
+    return REPO / "runs"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Jobs and the grid
+
+@dataclass(frozen=True)
+class Job:
+    """One notebook execution: ``notebook`` run with ``parameters`` (the rest are the notebook's defaults)
+    into ``output``. Jobs of one ``group`` share a cached teacher (made once, before any of them starts)."""
+    experiment: str
+    name: str
+    notebook: str
+    parameters: dict
+    output: str
+    group: str | None = None
+    figures: str | None = None   # JKT_FIGURES of the job (None: inherited)
+
+    @property
+    def failed_output(self) -> Path:
+        out = Path(self.output)
+        return out.with_name(out.stem + ".failed.ipynb")
+
+    def describe(self) -> str:
+        return f"{self.experiment}/{self.name}"
+
+
+def _seeds(profile: profiles.Profile, seeds) -> list[int]:
+    if seeds is None:
+        return list(profile.seeds)
+    return list(range(check_positive_int("seeds", seeds)))
+
+
+def _slug(value) -> str:
+    return str(value).replace(":", "_").replace("/", "_")
+
+
+def plan(profile: str = "cpu", only=None, seeds=None, out=None, device: str = "auto") -> list[Job]:
+    """The paper's grid for ``profile`` as jobs, one per (dataset or setting, per_class or seed):
+
+    * distill (Tables 1-2): every dataset of the profile x its ``per_class_grid`` x seeds, the six methods;
+    * robustness (Table 3): one job per seed, the notebook's strengths x sigmas (the paper's), the penalty route;
+    * transfer (the poster's table): one job per per_class size and seed, the six rows.
+
+    ``only``: a list of experiments (default all); ``seeds``: an int N for seeds 0..N-1 (default the profile's).
+    Nothing is run or written here.
+    """
+    p = profiles.get(profile)
+    only = list(EXPERIMENTS) if only is None else check_choices("only", list(only), EXPERIMENTS)
+    seeds = _seeds(p, seeds)
+    root = Path(out or default_out()).resolve() / p.name  # absolute: a Dask worker has its own working folder
+    jobs = []
+
+    def job(experiment, name, parameters, group=None):
+        folder = root / experiment
+        jobs.append(Job(experiment, name, str(NOTEBOOK_DIR / NOTEBOOKS[experiment]),
+                        {"profile": p.name, **parameters, "device": device}, str(folder / f"{name}.ipynb"),
+                        group, str(folder / "figures" / name)))
+
+    if "distill" in only:
+        for dataset in p.datasets:
+            for per_class in p.per_class_grid[dataset]:
+                for s in seeds:
+                    job("distill", f"{_slug(dataset)}-per_class{per_class}-seed{s}",
+                        {"dataset": dataset, "per_class": per_class, "seeds": [s]}, group=f"distill/{dataset}")
+    if "robustness" in only:
+        for s in seeds:
+            job("robustness", f"{_slug(p.dataset)}-seed{s}", {"seeds": [s], "routes": list(ROBUSTNESS_ROUTES)})
+    if "transfer" in only:
+        setting, grid = TRANSFER_GRID[p.name]
+        if grid is None:
+            from .transfer import recipe
+
+            grid = (recipe(p.name, setting).per_class,)
+        for per_class in grid:
+            for s in seeds:
+                job("transfer", f"{setting}-per_class{per_class}-seed{s}",
+                    {"setting": setting, "per_class": per_class, "seeds": [s]}, group=f"transfer/{setting}")
+    names = [j.output for j in jobs]
+    assert len(set(names)) == len(names), "two jobs would write the same notebook"
+    return jobs
+
+
+def report_job(profile: str, out=None) -> Job:
+    """Notebook 06 over every record of ``profile``: ``<out>/<profile>/06_reproduce.ipynb``."""
+    p = profiles.get(profile)
+    return Job("report", "06_reproduce", str(NOTEBOOK_DIR / NOTEBOOKS["report"]), {"profile": p.name},
+               str(Path(out or default_out()).resolve() / p.name / "06_reproduce.ipynb"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a job's notebook will run: its plan, built the way the notebook builds it
+
+def build_plan(experiment: str, parameters: dict, notebook=None):
+    """The plan that notebook ``experiment`` makes from ``parameters``, made by the notebook's own code: its
+    cells run in order here (no kernel), ``parameters`` set right after its parameters cell as papermill
+    does, up to the first cell that defines ``plan``. By the notebooks' convention those cells only import,
+    validate and plan; nothing is trained or written. Their printing is discarded."""
+    import io
+
+    import nbformat
+
+    notebook = Path(notebook or NOTEBOOK_DIR / NOTEBOOKS[experiment])
+    nb = nbformat.read(notebook, as_version=4)
+    namespace = {"__name__": f"jkt.batch.plan_of_{experiment}"}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+            source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
+            exec(compile(source, f"{notebook.name}[code cell {i}]", "exec"), namespace)  # noqa: S102 - our notebooks
+            if "parameters" in cell.metadata.get("tags", []):
+                namespace.update(parameters)
+            if "plan" in namespace:
+                return namespace["plan"]
+    raise ValueError(f"{notebook} defines no `plan` in its cells; the batch needs one to know the runs of a job")
+
+
+def pending_runs(job: Job) -> int:
+    """How many runs of ``job`` have no record yet (its plan's ``pending()``)."""
+    return len(build_plan(job.experiment, job.parameters, job.notebook).pending())
+
+
+@contextlib.contextmanager
+def shared_datasets():
+    """Inside: ``jkt.data.load`` returns one in-memory copy per dataset (plans for many grid cells load it once).
+    It patches the module: use it from one thread only (the report notebook does)."""
+    from . import data
+
+    original, cache = data.load, {}
+
+    def load(name, root=None, download=False, image_size=None):
+        key = (name, str(root), image_size)
+        if key not in cache:
+            cache[key] = original(name, root=root, download=download, image_size=image_size)
+        return cache[key]
+
+    data.load = load
+    try:
+        yield
+    finally:
+        data.load = original
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running one job (in a worker process, or a Dask worker thread)
+
+@contextlib.contextmanager
+def _environment(env: dict):
+    """Set (value) or remove (None) environment variables for the duration; the kernel inherits them."""
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = str(v)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def threads_per_job(jobs_at_once: int) -> int:
+    """cores // jobs running at once on this machine, and never more than ``$OMP_NUM_THREADS`` when it is set."""
+    threads = max(1, available_cores() // max(1, jobs_at_once))
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(threads, int(cap))) if cap.isdigit() else threads
+
+
+def _worker_threads() -> int:
+    """Torch threads of a job: ``$JKT_WORKER_THREADS`` (set by the local pool), else cores // jobs per Dask worker."""
+    if os.environ.get("JKT_WORKER_THREADS"):
+        return int(os.environ["JKT_WORKER_THREADS"])
+    try:
+        from distributed import get_worker
+
+        per_worker = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        per_worker = 1
+    return threads_per_job(per_worker)
+
+
+def _error_text(error: BaseException) -> str:
+    """One line: the notebook's exception (name: value) or the Python error."""
+    ename, evalue = getattr(error, "ename", None), getattr(error, "evalue", None)
+    text = f"{ename}: {evalue}" if ename else f"{type(error).__name__}: {error}"
+    text = " ".join(text.split())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def run_job(job: Job, env: dict | None = None, check: bool = True) -> dict:
+    """Execute ``job`` unless it is finished; returns ``{"status": "done"|"skipped"|"failed", ...}`` (never raises).
+
+    The notebook runs under a temporary name next to its output and is renamed only when every cell ran:
+    an output notebook exists only for a job that succeeded. A failed one is kept as ``<name>.failed.ipynb``.
+    """
+    start = time.perf_counter()
+    out = Path(job.output)
+    result = {"job": job.describe(), "name": job.name, "experiment": job.experiment, "notebook": str(out),
+              "error": None, "pending": None, "host": os.uname().nodename, "pid": os.getpid()}
+    threads = _worker_threads()
+    env = {**(env or {}), **{k: None for k in KERNEL_ENV_DROP}, "JKT_PROGRESS": "0",
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if job.figures:
+        env["JKT_FIGURES"] = job.figures
+    with _environment(env):
+        if check and job.experiment != "report" and out.exists():
+            import torch
+
+            before = torch.get_num_threads()
+            try:
+                torch.set_num_threads(threads)
+                result["pending"] = pending_runs(job)
+            except Exception as e:  # noqa: BLE001 - the notebook will report it properly
+                result["check_error"] = _error_text(e)
+            finally:
+                torch.set_num_threads(before)  # a Dask worker thread shares its process with others
+            if result["pending"] == 0:
+                return dict(result, status="skipped", seconds=time.perf_counter() - start)
+        result.update(_execute(job, out))
+    return dict(result, seconds=time.perf_counter() - start)
+
+
+def prepare_teacher(job: Job, env: dict | None = None) -> dict:
+    """Train (or load) the cached teacher that ``job``'s notebook will use, by the notebook's own plan
+    (``plan.teacher()``), so that the jobs sharing it can then run in parallel. Never raises."""
+    start = time.perf_counter()
+    threads = _worker_threads()
+    env = {**(env or {}), **{k: None for k in KERNEL_ENV_DROP}, "JKT_PROGRESS": "0"}
+    with _environment(env):
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            plan = build_plan(job.experiment, job.parameters, job.notebook)
+            _, meta = plan.teacher() if hasattr(plan, "teacher") else (None, {"cached": True})
+            result = {"status": "done", "cached": bool(meta.get("cached")), "error": None}
+        except Exception as e:  # noqa: BLE001 - reported; the notebooks will meet it again and say where
+            result = {"status": "failed", "error": _error_text(e)}
+        finally:
+            torch.set_num_threads(before)
+    return dict(result, job=f"teacher of {job.group}", seconds=time.perf_counter() - start)
+
+
+def _execute(job: Job, out: Path) -> dict:
+    import papermill
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.tmp.ipynb")
+    try:
+        papermill.execute_notebook(job.notebook, str(tmp), parameters=dict(job.parameters), progress_bar=False,
+                                   log_output=False, cwd=str(Path(job.notebook).parent))
+    except BaseException as e:  # noqa: BLE001 - any failure is this job's, reported with its notebook
+        failed = job.failed_output
+        if tmp.exists():
+            os.replace(tmp, failed)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return {"status": "failed", "error": _error_text(e),
+                "notebook": str(failed) if failed.exists() else None, "cell": getattr(e, "exec_count", None)}
+    os.replace(tmp, out)
+    job.failed_output.unlink(missing_ok=True)
+    return {"status": "done"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Workers: a local process pool (GPU-pinned) or a Dask cluster, both as a concurrent.futures.Executor
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def gpu_ids() -> list[str]:
+    """The GPUs this process may use: ``$CUDA_VISIBLE_DEVICES`` when set, else every device torch sees."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no usable CUDA: no GPUs
+        return []
+
+
+def default_workers(gpus=None) -> int:
+    """One worker per GPU; on CPUs one per core (small nets run best on one thread each), at most one per
+    2 GB of available memory (a notebook kernel holds its dataset and nets)."""
+    gpus = gpu_ids() if gpus is None else gpus
+    if gpus:
+        return len(gpus)
+    workers = available_cores()
+    try:
+        import psutil
+
+        workers = min(workers, max(1, psutil.virtual_memory().available // (2 * 2 ** 30)))
+    except ImportError:
+        pass
+    return max(1, workers)
+
+
+_SLOT = None
+
+
+def worker_env(slot: int, gpus: list[str], threads: int) -> dict:
+    """The environment of local worker number ``slot``: its own GPU (round robin when there are more workers
+    than GPUs) and ``threads`` torch threads; the notebook kernels it starts inherit it."""
+    env = {"JKT_WORKER_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    return env
+
+
+def _init_worker(counter, gpus, threads, parent, log):
+    """Local pool worker: take a slot, pin to its GPU, set threads, send the kernels' chatter to ``log``, and
+    die with the parent (so a killed batch leaves no orphans: the kernels die with their worker)."""
+    global _SLOT
+    with counter.get_lock():
+        _SLOT = counter.value
+        counter.value += 1
+    if log:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)  # the kernels inherit it: their warnings do not cover the progress bar
+        os.close(fd)
+    os.environ.update(worker_env(_SLOT, gpus, threads))
+
+    def watch():
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True, name="jkt-parent-watch").start()
+
+
+class LocalPool:
+    """A spawn-context ProcessPoolExecutor of ``workers`` processes, GPU-pinned when GPUs exist."""
+
+    def __init__(self, workers: int, gpus: list[str], threads: int, log=None):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")
+        self.capacity = workers
+        self._make = lambda: ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                                 initargs=(ctx.Value("i", 0), gpus, threads, os.getpid(),
+                                                           None if log is None else str(log)))
+        self.executor = self._make()
+        self.describe = (f"{workers} local worker{'s' if workers > 1 else ''}, "
+                         + (f"GPUs {','.join(gpus)}" if gpus else f"{threads} thread{'s' if threads > 1 else ''} each"))
+
+    def restart(self):
+        """A worker died (killed, out of memory): the pool is broken; start a fresh one for the remaining jobs."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._make()
+
+    def close(self, cancel=False):
+        self.executor.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+class DaskPool:
+    """``Client(scheduler).get_executor()``: the same Executor interface on a Dask cluster. Workers must see
+    the same files (repository, data, results, ``--out``); GPU pinning is the cluster's (e.g. dask-cuda)."""
+
+    def __init__(self, scheduler):
+        from distributed import Client
+
+        self.client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+        self.own_client = not isinstance(scheduler, Client)
+        self.executor = self.client.get_executor(pure=False)
+        self.capacity = max(1, sum(self.client.nthreads().values()))
+        self.describe = f"Dask scheduler {self.client.scheduler.address}, {self.capacity} worker thread(s)"
+
+    def close(self, cancel=False):
+        self.executor.shutdown(wait=not cancel)
+        if self.own_client:
+            self.client.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Execution of a job list: throttled submission, teacher groups, progress, failures
+
+@dataclass
+class Summary:
+    results: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r["status"] == status for r in self.results)
+
+    @property
+    def failed(self) -> list:
+        return [r for r in self.results if r["status"] == "failed"]
+
+    @property
+    def ran(self) -> int:
+        return self.count("done") + self.count("failed")
+
+    def line(self) -> str:
+        return (f"{len(self.results)} notebooks: {self.count('done')} ran, {self.count('skipped')} already finished, "
+                f"{self.count('failed')} failed ({self.seconds / 60:.1f} min)")
+
+
+def _fmt_minutes(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _job_env() -> dict:
+    """What every job's kernel must see of the driver's environment (a Dask worker does not inherit it)."""
+    env = {k: os.environ[k] for k in ("JKT_RESULTS", "JKT_DATA", "TORCH_HOME") if os.environ.get(k)}
+    env["JKT_FIGURES"] = os.environ.get("JKT_FIGURES")  # report: the driver's (None: <repo>/figures)
+    return {k: (str(Path(v).resolve()) if k != "JKT_FIGURES" or v else v) for k, v in env.items()}
+
+
+def finished(jobs: list[Job]) -> tuple[list[dict], list[Job]]:
+    """``(results of the finished jobs, the other jobs)``: a job is finished when its executed notebook exists
+    and its plan has no pending run (checked here, in this process, loading each dataset once)."""
+    done, todo = [], []
+    with shared_datasets():
+        for job in jobs:
+            start = time.perf_counter()
+            try:
+                pending = pending_runs(job) if job.experiment != "report" and Path(job.output).exists() else None
+            except Exception:  # noqa: BLE001 - the job will run and its notebook will say what is wrong
+                pending = None
+            if pending == 0:
+                done.append({"job": job.describe(), "name": job.name, "experiment": job.experiment,
+                             "notebook": job.output, "status": "skipped", "error": None, "pending": 0,
+                             "seconds": time.perf_counter() - start})
+            else:
+                todo.append(job)
+    return done, todo
+
+
+def execute(jobs: list[Job], pool, progress: bool = True, desc: str = "reproduce", log=None,
+            check_here: bool = False) -> Summary:
+    """Run ``jobs`` on ``pool`` (LocalPool or DaskPool), at most ``pool.capacity`` at a time; one failure never
+    stops the others. Jobs of one teacher group wait until a first task has made (or loaded) their teacher,
+    so that parallel workers never train the same teacher twice. Finished jobs are skipped: checked in this
+    process with ``check_here`` (a local pool: no worker starts when nothing is left), else by the workers
+    (a cluster: they have the data). Returns the Summary."""
+    from .train import progress_enabled
+
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    summary, start = Summary(), time.perf_counter()
+    if check_here:
+        summary.results, jobs_left = finished(jobs)
+    else:
+        jobs_left = list(jobs)
+    queue, running, started = list(jobs_left), {}, {}
+    members = {}
+    for job in jobs_left:
+        if job.group is not None:
+            members.setdefault(job.group, []).append(job)
+    ready = {g for g, js in members.items() if len(js) < 2}  # a lone job makes its own teacher
+    preparing = set()
+    durations = []
+    env = _job_env()
+    bar = None
+    if progress_enabled(progress) and jobs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), initial=len(summary.results), desc=desc, unit="nb", dynamic_ncols=True,
+                   bar_format="{desc}: {n_fmt}/{total_fmt} notebooks |{bar}| [{elapsed}{postfix}]")
+        say = bar.write
+    else:
+        say = log
+
+    def eta() -> str:
+        if not durations:
+            return "?"
+        mean = sum(durations) / len(durations)
+        now = time.perf_counter()
+        left = len(queue) * mean + sum(max(0.0, mean - (now - started[f])) for f, (kind, _) in running.items()
+                                       if kind == "job")
+        return _fmt_minutes(left / max(1, pool.capacity))
+
+    def refresh():
+        if bar is not None:
+            busy = sum(kind == "job" for kind, _ in running.values())
+            bar.set_postfix_str(f"running {busy}, failed {summary.count('failed')}, "
+                                f"skipped {summary.count('skipped')}, left ~{eta()}", refresh=True)
+
+    def next_task():
+        for job in queue:
+            if job.group is None or job.group in ready:
+                queue.remove(job)
+                return "job", job, pool.executor.submit(run_job, job, env, not check_here)
+            if job.group not in preparing:
+                preparing.add(job.group)
+                return "teacher", job, pool.executor.submit(prepare_teacher, job, env)
+        return None
+
+    try:
+        while queue or running:
+            while len(running) < pool.capacity:
+                task = next_task()
+                if task is None:
+                    break
+                kind, job, future = task
+                running[future] = (kind, job)
+                started[future] = time.perf_counter()
+            refresh()
+            done, _ = wait(list(running), timeout=2.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                kind, job = running.pop(future)
+                try:
+                    result = future.result()
+                except BaseException as e:  # noqa: BLE001 - the worker itself died (OOM, killed): a failure
+                    result = {"job": job.describe(), "name": job.name, "experiment": job.experiment,
+                              "status": "failed", "notebook": None, "error": f"worker lost: {_error_text(e)}",
+                              "seconds": time.perf_counter() - started[future]}
+                if kind == "teacher":
+                    ready.add(job.group)
+                    if result["status"] == "failed":
+                        say(f"teacher of {job.group} could not be prepared ({result['error']}); its notebooks "
+                            f"will try and report it")
+                    elif not result.get("cached"):
+                        say(f"teacher of {job.group} trained in {_fmt_minutes(result['seconds'])}")
+                    continue
+                summary.results.append(result)
+                if result["status"] != "skipped":
+                    durations.append(result["seconds"])
+                if result["status"] == "failed":
+                    where = result.get("notebook") or f"(no notebook written; expected {job.output})"
+                    say(f"FAILED {job.describe()}: {result['error']}\n       notebook: {where}")
+                elif result["status"] == "done":
+                    say(f"done   {job.describe()} in {_fmt_minutes(result['seconds'])}: {result['notebook']}")
+                if bar is not None:
+                    bar.update(1)
+            if any(_broken(pool, f) for f in done):
+                pool.restart()
+    finally:
+        if bar is not None:
+            refresh()
+            bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _broken(pool, future) -> bool:
+    from concurrent.futures.process import BrokenProcessPool
+
+    return isinstance(pool, LocalPool) and isinstance(future.exception(), BrokenProcessPool)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command: plan, lock, run the grid, then the report
+
+class BatchBusy(RuntimeError):
+    """Another batch holds the output folder's lock."""
+
+
+@contextlib.contextmanager
+def _lock(folder: Path):
+    """One batch per output folder at a time (the lock dies with its process, even on kill -9)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BatchBusy(f"another `python -m jkt reproduce` is running on {folder} (it holds {path}); "
+                               f"wait for it to finish or give another --out") from None
+        f.write(f"{os.uname().nodename} {os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def _newest_record(results=None) -> float:
+    from .store import results_root
+
+    root = results_root(results)
+    return max((p.stat().st_mtime for p in root.glob("*.json")), default=0.0) if root.exists() else 0.0
+
+
+def reproduce(profile: str = "cpu", only=None, seeds=None, workers=None, scheduler=None, out=None, results=None,
+              device: str = "auto", report: bool = True, progress: bool = True, jobs=None, log=None):
+    """Plan the grid, run every unfinished job on a local pool (``workers``) or the Dask ``scheduler``, then
+    notebook 06 when anything changed. Returns ``(Summary of the grid, the report's result or None)``.
+
+    ``results`` (default ``$JKT_RESULTS`` or results/): where the notebooks write records; ``jobs``: run these
+    instead of the planned grid (tests). From a script, call it under ``if __name__ == "__main__":`` (the local
+    pool's worker processes re-import the main script).
+    """
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        raise RuntimeError("jkt.batch.reproduce() was called while a worker process imported your script: call "
+                           "it under `if __name__ == \"__main__\":` (worker processes re-import the main script)")
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    p = profiles.get(profile)
+    if workers is not None:
+        check_positive_int("workers", workers)
+    jobs = plan(p.name, only, seeds, out, device) if jobs is None else list(jobs)
+    root = Path(out or default_out()).resolve() / p.name
+    if os.environ.get("JKT_PROFILE") not in (None, "", p.name):
+        log(f"note: JKT_PROFILE={os.environ['JKT_PROFILE']} is ignored by the batch: it runs --profile {p.name}")
+    env = {"JKT_RESULTS": str(Path(results).resolve())} if results is not None else {}
+    with _environment(env), _lock(root):
+        for stale in root.rglob(".*.tmp.ipynb"):  # notebooks of a killed batch (we hold the lock: none is ours)
+            stale.unlink(missing_ok=True)
+        if scheduler is None:
+            gpus = gpu_ids()
+            workers = workers or default_workers(gpus)
+            pool = LocalPool(workers, gpus, threads_per_job(workers), log=root / "workers.log")
+        else:
+            if workers is not None:
+                log(f"note: --workers {workers} is ignored with --scheduler: the cluster's worker threads run the jobs")
+            pool = DaskPool(scheduler)
+        interrupted = True
+        try:
+            counts = ", ".join(f"{sum(j.experiment == e for j in jobs)} {e}" for e in EXPERIMENTS
+                               if any(j.experiment == e for j in jobs))
+            log(f"reproduce --profile {p.name}: {len(jobs)} notebooks ({counts or 'none'}) on {pool.describe}; "
+                f"executed notebooks in {root}")
+            summary = execute(jobs, pool, progress, desc=f"{p.name} grid", log=log, check_here=scheduler is None)
+            report_result = None
+            if report:
+                rep = report_job(p.name, out)
+                out_path = Path(rep.output)
+                stale = (not out_path.exists() or summary.ran > 0
+                         or _newest_record(results) > out_path.stat().st_mtime)
+                if stale:
+                    report_result = execute([rep], pool, progress=False, log=log).results[0]
+                else:
+                    report_result = {"job": rep.describe(), "status": "skipped", "notebook": rep.output,
+                                     "error": None, "seconds": 0.0}
+            interrupted = False
+        finally:
+            pool.close(cancel=interrupted)  # Ctrl-C: do not wait for the running notebooks
+    log(summary.line())
+    for r in summary.failed:
+        log(f"  failed: {r['job']}: {r['error']}\n          notebook: {r.get('notebook') or 'not written'}")
+    if report_result is not None:
+        if report_result["status"] == "failed":
+            log(f"report FAILED: {report_result['error']}\n          notebook: {report_result.get('notebook')}")
+        else:
+            log(f"report: {report_result['notebook']}"
+                + (" (up to date)" if report_result["status"] == "skipped" else ""))
+    return summary, report_result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Records of a profile for the report: the notebooks' default configuration only
+
+RECORD_KINDS = {"distill": "distill", "robustness": "robustness", "transfer": "transfer"}
+
+
+def _py(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def _default_keys(experiment: str, records, profile: str) -> set:
+    """The keys among ``records`` that the experiment's notebook makes with its default options at the records'
+    grid coordinates (a record of any other configuration is a variant, left out of the paper's tables)."""
+    from .store import config_hash
+
+    keys = set()
+    if experiment == "distill":
+        cells = records.groupby(["dataset", "per_class"], sort=False)
+        for (dataset, per_class), rows in cells:
+            plan = build_plan("distill", {"profile": profile, "dataset": dataset, "per_class": _py(per_class)})
+            keys |= {config_hash(plan.run_config(m, int(s))) for m, s in zip(rows["method"], rows["seed"])}
+    elif experiment == "transfer":
+        cells = records.groupby(["setting", "dataset", "per_class"], sort=False)
+        for (setting, dataset, per_class), rows in cells:
+            plan = build_plan("transfer", {"profile": profile, "setting": setting, "dataset": dataset,
+                                           "per_class": _py(per_class)})
+            keys |= {config_hash(plan.run_config(m, int(s))) for m, s in zip(rows["method"], rows["seed"])}
+    return keys
+
+
+def _robustness_curves(records, profile: str):
+    """Table 3's measurements (route, strength, seed, sigma, draw, accuracy) of the networks that notebook 04
+    trains with its default options for ``profile``, for every seed found among the records."""
+    import pandas as pd
+
+    frames = []
+    for dataset, rows in records.groupby("dataset", sort=False):
+        plan = build_plan("robustness", {"profile": profile, "dataset": dataset,
+                                         "seeds": sorted({int(s) for s in rows["seed"]})})
+        curves = plan.curves()
+        if len(curves):
+            frames.append(curves.assign(dataset=dataset))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def profile_records(profile: str, results=None, experiments=EXPERIMENTS) -> tuple[dict, list]:
+    """``({experiment: DataFrame}, notes)`` for every record of ``profile`` (jkt.store.load_records), keeping only
+    the notebooks' default configuration: distill and transfer one row per run; robustness one row per network,
+    sigma and noise draw (jkt.robustness's curves). Records left out, or checks that could not be made, are
+    explained in ``notes``."""
+    import pandas as pd
+
+    from .store import load_records
+
+    p = profiles.get(profile)
+    tables, notes = {}, []
+    with shared_datasets():
+        for experiment in experiments:
+            if experiment == "robustness":  # networks are shared by profiles with the same recipe: no profile key
+                df = load_records(results, kind="robustness")
+                if len(df):
+                    try:
+                        df = _robustness_curves(df, p.name)
+                    except Exception as e:  # noqa: BLE001 - e.g. notebook 04 or the dataset missing here
+                        notes.append(f"robustness: could not read the networks' measurements ({_error_text(e)})")
+                        df = pd.DataFrame()
+                tables[experiment] = df
+                continue
+            df = load_records(results, kind=RECORD_KINDS[experiment], profile=p.name)
+            if len(df):
+                try:
+                    keep = _default_keys(experiment, df, p.name)
+                except Exception as e:  # noqa: BLE001 - e.g. the dataset is not on this machine: keep them all
+                    notes.append(f"{experiment}: could not check the records' configurations ({_error_text(e)}); "
+                                 f"all {len(df)} are used")
+                else:
+                    mask = df["key"].isin(keep)
+                    if (~mask).any():
+                        notes.append(f"{experiment}: {int((~mask).sum())} record(s) made with non-default options "
+                                     f"(e.g. from a notebook run by hand) are left out")
+                    df = df[mask].reset_index(drop=True)
+            tables[experiment] = df if len(df) else pd.DataFrame()
+    return tables, notes

@@ -1,0 +1,196 @@
+"""The batch reproduction (jkt.batch, ``python -m jkt reproduce``): the grid, a smoke run end to end through
+papermill, resuming without redoing work, and the same grid on a Dask LocalCluster on loopback after a simulated
+kill, with a failing notebook reported while the others run.
+
+Everything is written under one temporary folder (JKT_RESULTS, JKT_DATA, JKT_FIGURES and --out)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from jkt import batch, store
+from jkt.__main__ import main
+
+SMOKE_RUN = ["reproduce", "--profile", "smoke", "--only", "distill", "--workers", "1"]
+
+
+# ---- the grid (no execution) ------------------------------------------------------------------------------
+
+def test_cpu_grid_is_the_papers_tables_on_fashion_mnist(tmp_path):
+    jobs = batch.plan("cpu", out=tmp_path)
+    distill = [j for j in jobs if j.experiment == "distill"]
+    assert len(distill) == 5 * 3  # per_class 1, 5, 10, 50, 100 x 3 seeds, the six methods inside each notebook
+    assert {(j.parameters["per_class"], j.parameters["seeds"][0]) for j in distill} == \
+        {(pc, s) for pc in (1, 5, 10, 50, 100) for s in (0, 1, 2)}
+    assert {j.parameters["dataset"] for j in distill} == {"fashion-mnist"}
+    assert len([j for j in jobs if j.experiment == "robustness"]) == 3
+    assert len([j for j in jobs if j.experiment == "transfer"]) == 3
+    for j in jobs:
+        assert j.parameters["profile"] == "cpu" and Path(j.notebook).exists()
+        assert Path(j.output).parent == tmp_path / "cpu" / j.experiment and j.output.endswith(f"{j.name}.ipynb")
+    assert len({j.output for j in jobs}) == len(jobs)
+    assert batch.report_job("cpu", tmp_path).output == str(tmp_path / "cpu" / "06_reproduce.ipynb")
+
+
+def test_paper_grid_covers_tables_1_2_and_the_posters_columns(tmp_path):
+    jobs = batch.plan("paper", out=tmp_path)
+    cells = {(j.parameters["dataset"], j.parameters["per_class"]) for j in jobs if j.experiment == "distill"}
+    assert cells == {("cifar10", pc) for pc in (5, 10, 50, 100, 500, 1000, "full")} | \
+        {("cifar100", pc) for pc in (1, 5, 10, 50, 100, "full")}
+    transfer = {(j.parameters["setting"], j.parameters["per_class"]) for j in jobs if j.experiment == "transfer"}
+    assert transfer == {("paper", 25), ("paper", 50), ("paper", "full")}
+
+
+def test_only_and_seeds_narrow_the_grid(tmp_path):
+    jobs = batch.plan("cpu", only=["transfer"], seeds=2, out=tmp_path)
+    assert {j.experiment for j in jobs} == {"transfer"} and {j.parameters["seeds"][0] for j in jobs} == {0, 1}
+
+
+@pytest.mark.parametrize("kwargs, name", [(dict(profile="laptop"), "profile"), (dict(only=["tables"]), "only"),
+                                          (dict(seeds=0), "seeds")])
+def test_bad_grid_options_are_rejected(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        batch.plan(**{"profile": "cpu", **kwargs})
+
+
+def test_a_jobs_plan_is_the_one_its_notebook_makes():
+    plan = batch.build_plan("distill", {"profile": "smoke", "per_class": 3, "seeds": [4]})
+    assert (plan.profile.name, plan.dataset, plan.per_class, plan.seeds) == ("smoke", "digits", 3, [4])
+
+
+# ---- running it ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("results", "data", "figures"):
+            mp.setenv(f"JKT_{name.upper()}", str(root / name))
+        mp.delenv("JKT_PROFILE", raising=False)
+        mp.setenv("OMP_NUM_THREADS", "1")  # one torch thread per notebook: tiny nets, and bit-exact reruns
+        yield root
+
+
+def snapshot(*folders):
+    """{path: (size, mtime)} of every file under ``folders``."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for f in folders for p in Path(f).rglob("*") if p.is_file()}
+
+
+def accuracies(root):
+    df = store.load_records(root / "results", kind="distill")
+    return dict(zip(zip(df["method"], df["seed"]), df["test_accuracy"]))
+
+
+@pytest.fixture(scope="module")
+def first_run(sandbox):
+    rc = main([*SMOKE_RUN, "--out", str(sandbox / "runs")])
+    return rc, sandbox / "runs" / "smoke"
+
+
+def test_smoke_reproduce_runs_the_notebook_and_the_report(sandbox, first_run):
+    rc, runs = first_run
+    assert rc == 0
+    executed = runs / "distill" / "digits-per_class5-seed0.ipynb"
+    nb = json.loads(executed.read_text())
+    assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
+    assert not list(runs.rglob("*.failed.ipynb")) and not list(runs.rglob(".*.tmp.ipynb"))
+    records = store.load_records(sandbox / "results", kind="distill", profile="smoke")
+    assert len(records) == 6 and set(records["per_class"]) == {5} and records["test_accuracy"].between(0, 100).all()
+    report = json.loads((runs / "06_reproduce.ipynb").read_text())
+    text = "".join("".join(o.get("text", "")) for c in report["cells"] if c["cell_type"] == "code" for o in c["outputs"])
+    assert "No robustness records" in text and "No transfer records" in text  # said, not crashed
+    assert (sandbox / "figures" / "06_distill_smoke.png").exists()
+    assert list((runs / "distill" / "figures").rglob("03_distill_smoke.png"))  # a job's figures stay beside it
+
+
+def test_a_second_run_does_no_work(sandbox, first_run):
+    before = snapshot(sandbox / "results", first_run[1] / "distill", sandbox / "figures")
+    summary, report = batch.reproduce("smoke", only=["distill"], workers=1, out=sandbox / "runs")
+    assert (summary.ran, summary.count("skipped"), report["status"]) == (0, 1, "skipped")
+    assert snapshot(sandbox / "results", first_run[1] / "distill", sandbox / "figures") == before
+
+
+def test_on_a_dask_cluster_a_killed_grid_resumes_and_a_failing_notebook_does_not_stop_it(sandbox, first_run,
+                                                                                         monkeypatch, capsys):
+    """The same grid through a Dask LocalCluster on loopback, after what kill -9 in the middle of its job leaves
+    (no executed notebook, one run's record not yet written, a half-written temporary notebook), plus a job
+    with a bad parameter: the killed job finishes with the same records, the bad one is reported with the path
+    of its executed notebook, and the exit code says that something failed."""
+    from distributed import LocalCluster
+
+    runs = first_run[1]
+    job, = batch.plan("smoke", only=["distill"], out=sandbox / "runs")
+    before = accuracies(sandbox)
+    Path(job.output).unlink()
+    victim = next(p for p in (sandbox / "results").glob("*.json")
+                  if json.loads(p.read_text())["config"]["method"] == "act+jac+ce")
+    victim.unlink()
+    (runs / "distill" / ".digits-per_class5-seed0.deadbeef.tmp.ipynb").write_text("{")
+    bad = batch.Job("distill", "bad-per_class", job.notebook, dict(job.parameters, per_class=-1),
+                    str(Path(job.output).with_name("bad-per_class.ipynb")))
+    monkeypatch.setattr(batch, "plan", lambda *a, **k: [bad, job])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        rc = main([*SMOKE_RUN, "--out", str(sandbox / "runs"), "--scheduler", cluster.scheduler_address,
+                   "--no-report"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert str(bad.failed_output) in err and "per_class=-1" in err
+    failed = json.loads(bad.failed_output.read_text())
+    assert any(o["output_type"] == "error" for c in failed["cells"] if c["cell_type"] == "code" for o in c["outputs"])
+    assert not Path(bad.output).exists()
+    assert Path(job.output).exists() and victim.exists() and not list(runs.rglob(".*.tmp.ipynb"))
+    assert accuracies(sandbox) == before  # the same table as the uninterrupted run (CPU runs are bit-exact)
+    assert len(list((sandbox / "results").glob("*.json"))) == len(before)  # nothing duplicated
+
+
+# ---- workers -------------------------------------------------------------------------------------------------
+
+def test_each_local_worker_gets_its_own_gpu_and_a_share_of_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert batch.threads_per_job(1) == batch.available_cores()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert batch.threads_per_job(1) == 1
+    envs = [batch.worker_env(slot, ["3", "5"], 4) for slot in range(3)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["3", "5", "3"]
+    assert all(e["OMP_NUM_THREADS"] == "4" for e in envs)
+    assert "CUDA_VISIBLE_DEVICES" not in batch.worker_env(0, [], 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,7")
+    assert batch.gpu_ids() == ["2", "7"] and batch.default_workers() == 2
+
+
+# ---- the report's statistics -------------------------------------------------------------------------------
+
+def test_claim_verdicts_need_a_significant_difference_across_seeds():
+    from jkt.report import combine, compare, trend
+
+    assert compare([50, 51, 52], [40, 41, 42])["verdict"] == "supported"
+    assert compare([40, 41, 42], [50, 51, 52])["verdict"] == "contradicted"
+    assert compare([50, 45, 55], [49, 44, 56])["verdict"] == "not resolved"
+    assert compare([50], [40])["verdict"] == "not resolved"  # one seed per side: the seeds cannot tell
+    assert compare([50.1, 50.3, 49.9], [50.0, 50.2, 50.1], "no_gain", margin=1.0)["verdict"] == "supported"
+    assert compare([55, 56, 57], [50, 51, 52], "no_gain", margin=1.0)["verdict"] == "contradicted"
+    assert compare([60.0, 60.2, 59.9], [60.1, 60.3, 60.0], "close", margin=2.0)["verdict"] == "supported"
+    assert compare([50, 51, 52], [60, 61, 62], "close", margin=2.0)["verdict"] == "contradicted"
+    assert trend([0, 0, 1, 1, 2, 2], [1, 2, 3, 4, 5, 6])["verdict"] == "supported"
+    assert trend([0, 1, 2], [1, 2, 3])["verdict"] == "not resolved"  # one seed per strength
+    assert [combine(v) for v in (["supported"] * 2, ["supported", "not resolved"], ["supported", "contradicted"],
+                                 ["contradicted", "not resolved"], ["not resolved"], [])] == \
+        ["supported", "partly supported", "mixed", "contradicted", "not resolved", "no data"]
+
+
+def test_distillation_table_puts_the_paper_beside_ours_and_says_when_it_is_another_dataset():
+    import pandas as pd
+
+    from jkt.report import claims, distillation_table
+
+    rows = [{"dataset": "fashion-mnist", "per_class": pc, "method": m, "seed": s, "n_train": 10 * pc,
+             "test_accuracy": 60 + pc / 10 + (3 if "jac" in m else 0) + s / 10}
+            for pc in (1, 100) for m in ("ce", "act+ce", "act+jac+ce") for s in (0, 1, 2)]
+    table = distillation_table(pd.DataFrame(rows), "fashion-mnist")
+    assert list(table.index) == ["ce", "act+ce", "act+jac+ce"]
+    assert table[(1, "ours")]["ce"] == "60.20 ± 0.10"
+    assert table[(1, "paper CIFAR-100 (different dataset)")]["ce"] == "5.69"  # Table 2 shares our per_class
+    verdicts = claims(pd.DataFrame(rows))[0].set_index("paper")["verdict"]
+    assert set(verdicts) <= {"supported", "partly supported", "not resolved", "mixed", "contradicted", "no data"}
+    assert claims()[0]["verdict"].eq("no data").all()
