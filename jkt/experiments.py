@@ -45,6 +45,28 @@ def host_info(device) -> dict:
             "gpu": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None}
 
 
+def run_metrics(history, start: float, n_train: int, device, **metrics) -> dict:
+    """What every student run records besides its accuracies: times, steps, loss curve, peak memory, host."""
+    return {**metrics, "train_seconds": history.seconds, "seconds": time.perf_counter() - start,
+            "steps": history.steps, "n_train": n_train, "final_loss": history.loss[-1],
+            "final_terms": history.terms[-1], "loss_curve": history.loss, "peak_memory_mb": peak_memory_mb(device),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), **host_info(device)}
+
+
+def records_frame(run_config, methods, seeds, results=None):
+    """The finished runs of a (method x seed) grid as a DataFrame, one row per run (scalar metrics only)."""
+    import pandas as pd
+
+    rows = []
+    for m in methods:
+        for s in seeds:
+            rec = store.load_record(run_config(m, s), results)
+            if rec is not None:
+                rows.append({"method": m, "seed": s, **{k: v for k, v in rec["metrics"].items()
+                                                        if not isinstance(v, (list, dict))}, "key": rec["key"]})
+    return pd.DataFrame(rows)
+
+
 @dataclass
 class DistillPlan:
     """The grid of one distillation experiment: one dataset and per_class, methods x seeds."""
@@ -128,28 +150,14 @@ class DistillPlan:
                       teacher_targets=targets, teacher=teacher if objective.noisy > 0 else None,
                       progress=self.progress, desc=f"{method} seed {seed}")
         test_acc = accuracy(student, self.data, self.data.test, device=self.device)
-        metrics = {"test_accuracy": test_acc, "teacher_test_accuracy": teacher_meta["test_accuracy"],
-                   "train_seconds": history.seconds, "seconds": time.perf_counter() - start,
-                   "steps": history.steps, "n_train": len(train), "final_loss": history.loss[-1],
-                   "final_terms": history.terms[-1], "loss_curve": history.loss,
-                   "peak_memory_mb": peak_memory_mb(self.device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                   **host_info(self.device)}
+        metrics = run_metrics(history, start, len(train), self.device, test_accuracy=test_acc,
+                              teacher_test_accuracy=teacher_meta["test_accuracy"])
         store.save_record(config, metrics, self.results)
         return metrics
 
     def records(self):
         """This plan's finished runs as a DataFrame (one row per run)."""
-        import pandas as pd
-
-        rows = []
-        for m in self.methods:
-            for s in self.seeds:
-                rec = store.load_record(self.run_config(m, s), self.results)
-                if rec is not None:
-                    rows.append({"method": m, "seed": s, **{k: v for k, v in rec["metrics"].items()
-                                                            if not isinstance(v, (list, dict))},
-                                 "key": rec["key"]})
-        return pd.DataFrame(rows)
+        return records_frame(self.run_config, self.methods, self.seeds, self.results)
 
 
 def plan_distillation(profile: str = "cpu", dataset: str | None = None, per_class=None, methods=PAPER_METHODS,

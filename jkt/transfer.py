@@ -31,12 +31,12 @@ from torch import nn
 
 from . import data as jdata
 from . import models, paper, store
-from .experiments import host_info
+from .experiments import records_frame, run_metrics
 from .jacobian import eval_mode, output_and_input_gradient
 from .losses import (attention_transfer, cross_entropy, jacobian_matching, lwf_distillation)
 from .report import fmt, mean_std
 from .teachers import get_teacher, teacher_config
-from .train import (HOLD_ON_DEVICE_BYTES, accuracy, fit, peak_memory_mb, progress_bar, reset_peak_memory,
+from .train import (HOLD_ON_DEVICE_BYTES, accuracy, fit, progress_bar, reset_peak_memory,
                     resolve_device,
                     seed_everything)
 from .validate import (as_list, check_choice, check_choices, check_number, check_positive_int, check_positive_number,
@@ -620,27 +620,14 @@ class TransferPlan:
                       anneal_at=r.anneal_at, device=self.device, teacher_targets=targets, progress=self.progress,
                       desc=f"{method} seed {seed}")
         test_acc = accuracy(model, self.data, self.data.test, batch_size=max(r.batch_size, 256), device=self.device)
-        metrics = {"test_accuracy": test_acc, "teacher_source_accuracy": teacher_meta.get("test_accuracy"),
-                   "train_seconds": history.seconds, "seconds": time.perf_counter() - start,
-                   "steps": history.steps, "n_train": len(train), "final_loss": history.loss[-1],
-                   "final_terms": history.terms[-1], "loss_curve": history.loss,
-                   "peak_memory_mb": peak_memory_mb(self.device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                   **host_info(self.device)}
+        metrics = run_metrics(history, start, len(train), self.device, test_accuracy=test_acc,
+                              teacher_source_accuracy=teacher_meta.get("test_accuracy"))
         store.save_record(config, metrics, self.results)
         return metrics
 
     def records(self):
         """This plan's finished runs as a DataFrame (one row per run)."""
-        import pandas as pd
-
-        rows = []
-        for m in self.methods:
-            for s in self.seeds:
-                rec = store.load_record(self.run_config(m, s), self.results)
-                if rec is not None:
-                    rows.append({"method": m, "seed": s, **{k: v for k, v in rec["metrics"].items()
-                                                            if not isinstance(v, (list, dict))}, "key": rec["key"]})
-        return pd.DataFrame(rows)
+        return records_frame(self.run_config, self.methods, self.seeds, self.results)
 
     def table(self, records=None):
         """Test accuracy, mean ± std over seeds, in the poster's row order; the poster's number beside it in
