@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .batchnorm import BatchNorm2d
+
 # The supplementary's configurations: numbers are conv3x3 channels, "M" a 2x2 max-pool of stride 2.
 VGG_CONFIGS = {
     "vgg9": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -35,10 +37,12 @@ class VGG(nn.Module):
     once the map is 1x1, so any image size from 8x8 up works. Global average pooling is a plain mean
     over height and width: AdaptiveAvgPool2d has no deterministic double backward on CUDA.
     Taps are named ``stage1``, ``stage2``, ...: the activation just before each max-pool.
+    ``fast_batchnorm`` (default) uses jkt.batchnorm's layer: the same outputs and gradients, a faster
+    double backward (Jacobian matching); ``False`` is PyTorch's own, for comparisons.
     """
 
     def __init__(self, config, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
-                 batch_norm: bool = True, bias: bool = True, activation: str = "relu"):
+                 batch_norm: bool = True, bias: bool = True, activation: str = "relu", fast_batchnorm: bool = True):
         super().__init__()
         self.config = list(config)
         layers, stages, c_in = [], nn.ModuleList(), in_channels
@@ -50,7 +54,7 @@ class VGG(nn.Module):
             c_out = max(1, int(round(item * width)))
             layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias and not batch_norm))
             if batch_norm:
-                layers.append(nn.BatchNorm2d(c_out, affine=True))
+                layers.append((BatchNorm2d if fast_batchnorm else nn.BatchNorm2d)(c_out, affine=True))
                 if not bias:  # a bias-free network: BatchNorm's learned shift is a bias too
                     layers[-1].bias = None
             layers.append(_activation(activation))
@@ -114,8 +118,9 @@ def torch_home() -> Path:
 
 
 def build_resnet(name: str, in_channels: int = 3, num_classes: int = 1000, pretrained: bool = False,
-                 allow_download: bool = False) -> ResNet:
-    """A torchvision ResNet; ``pretrained`` loads ImageNet weights from the TORCH_HOME cache (downloads only if allowed)."""
+                 allow_download: bool = False, fast_batchnorm: bool = True) -> ResNet:
+    """A torchvision ResNet; ``pretrained`` loads ImageNet weights from the TORCH_HOME cache (downloads only if
+    allowed). ``fast_batchnorm``: jkt.batchnorm's layer (same state dict, faster double backward)."""
     import torchvision
 
     if name not in RESNETS:
@@ -131,7 +136,7 @@ def build_resnet(name: str, in_channels: int = 3, num_classes: int = 1000, pretr
                 f"Remedies: on a machine with internet run jkt.models.build({name!r}, ..., pretrained=True, "
                 f"allow_download=True) once, or download {weights.url} and put it at {file} "
                 f"(set TORCH_HOME to use another cache folder).")
-    net = ctor(weights=weights)
+    net = ctor(weights=weights, norm_layer=BatchNorm2d if fast_batchnorm else nn.BatchNorm2d)
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, 7, 2, 3, bias=False)
     if num_classes != net.fc.out_features:
@@ -140,8 +145,9 @@ def build_resnet(name: str, in_channels: int = 3, num_classes: int = 1000, pretr
 
 
 def build(name: str, in_channels: int, num_classes: int, width: float = 1.0, **options) -> nn.Module:
-    """Build a model by name: ``vgg9``, ``vgg4`` (options: batch_norm, bias, activation), ``mlp``
-    (options: image_size, hidden, activation, bias), ``resnet18/34/50`` (options: pretrained, allow_download)."""
+    """Build a model by name: ``vgg9``, ``vgg4`` (options: batch_norm, bias, activation, fast_batchnorm), ``mlp``
+    (options: image_size, hidden, activation, bias), ``resnet18/34/50`` (options: pretrained, allow_download,
+    fast_batchnorm)."""
     from .validate import check_choice, check_positive_int, check_positive_number
 
     check_choice("model", name, MODELS)
