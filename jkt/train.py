@@ -49,7 +49,8 @@ def progress_bar(iterable=None, progress: bool = True, **kw):
 @dataclass
 class TeacherTargets:
     """What the student matches, computed once on a fixed training subset and gathered by row index every
-    epoch: the teacher's logits, the differentiated output per sample, and its input gradient."""
+    epoch: the teacher's logits, the differentiated output per sample, and its input gradient (or, for
+    full-Jacobian matching, its full Jacobian, shape ``(N, K, *image shape)``)."""
     logits: torch.Tensor
     index: torch.Tensor
     grad: torch.Tensor | None = None
@@ -71,6 +72,32 @@ HOLD_ON_DEVICE_BYTES = 2 ** 30
 
 class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or infinite: training stops with the step and the terms."""
+
+    def __init__(self, message: str, loss: float = float("nan"), terms: dict | None = None):
+        super().__init__(message)
+        self.loss, self.terms = loss, terms or {}
+
+
+def training_step(model: nn.Module, optimizer, objective: Objective, x: torch.Tensor, y: torch.Tensor,
+                  targets=None, teacher: nn.Module | None = None, generator: torch.Generator | None = None,
+                  params=None):
+    """One optimisation step: the objective's terms, their weighted sum, backward, update. Returns the
+    detached ``(loss, terms)``. ``targets``: the teacher's ``(logits, grad, index)`` for this batch.
+
+    ``params`` (the trainable parameters) restricts the backward pass to them: the input, which requires
+    grad for Jacobian terms, then gets no gradient (measured: 10-15% of a Jacobian-matching step on the
+    CPU). ``None`` back-propagates into every leaf, as a plain ``loss.backward()``.
+    """
+    t_logits, t_grad, t_index = targets if targets is not None else (None, None, None)
+    terms = objective.terms(model, x, y, t_logits, t_grad, t_index, teacher, generator)
+    loss = objective.total(terms)
+    if not torch.isfinite(loss):
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        raise NonFiniteLoss(f"non-finite loss {float(loss)}; terms: {values}", float(loss), values)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=params)
+    optimizer.step()
+    return loss.detach(), {k: v.detach() for k, v in terms.items()}
 
 
 def make_optimizer(model: nn.Module, lr: float = 1e-3):
@@ -102,6 +129,7 @@ def fit(model: nn.Module, dataset: Dataset, split: Split, objective: Objective, 
     if split.x.numel() <= HOLD_ON_DEVICE_BYTES:  # small sets live on the device: no copies in the loop
         split = split.to(device)
     optimizer = make_optimizer(model, lr)
+    params = [p for p in model.parameters() if p.requires_grad]
     batches = Batches(split, dataset, batch_size, device, shuffle=True, seed=seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1_000_003)
     history, start, drop = History(), time.perf_counter(), anneal_epoch(epochs, anneal_at)
@@ -112,22 +140,17 @@ def fit(model: nn.Module, dataset: Dataset, split: Split, objective: Objective, 
                 group["lr"] = lr / 10
         sums, total_sum, n = {}, 0.0, 0
         for step, (x, y, idx) in enumerate(batches):
-            t_logits = t_grad = t_index = None
-            if teacher_targets is not None:
-                t_logits, t_grad, t_index = teacher_targets.take(idx.to(teacher_targets.logits.device))
-            terms = objective.terms(model, x, y, t_logits, t_grad, t_index, teacher, noise_gen)
-            loss = objective.total(terms)
-            if not torch.isfinite(loss):
-                values = {k: float(v) for k, v in terms.items()}
-                raise NonFiniteLoss(f"non-finite loss {float(loss)} at epoch {epoch}, step {step} "
-                                    f"(global step {history.steps}); terms: {values}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            targets = teacher_targets.take(idx.to(teacher_targets.logits.device)) \
+                if teacher_targets is not None else None
+            try:
+                loss, terms = training_step(model, optimizer, objective, x, y, targets, teacher, noise_gen, params)
+            except NonFiniteLoss as e:
+                raise NonFiniteLoss(f"non-finite loss {e.loss} at epoch {epoch}, step {step} "
+                                    f"(global step {history.steps}); terms: {e.terms}") from None
             history.steps += 1
-            total_sum += float(loss.detach()) * len(y)
+            total_sum += float(loss) * len(y)
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(y)
+                sums[k] = sums.get(k, 0.0) + float(v) * len(y)
             n += len(y)
         history.loss.append(total_sum / max(n, 1))
         history.terms.append({k: v / max(n, 1) for k, v in sums.items()})
@@ -136,11 +159,18 @@ def fit(model: nn.Module, dataset: Dataset, split: Split, objective: Objective, 
     return history
 
 
+def eval_batch_size(device) -> int:
+    """Evaluation batch: 256 on the CPU (measured 2.3 s vs 4.3 s at 1000 for Fashion-MNIST's test split with
+    the cpu profile's VGG-4: activations stay in cache), 1000 on a GPU."""
+    return 1000 if torch.device(device).type == "cuda" else 256
+
+
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, split: Split, batch_size: int = 1000, device="auto",
+def predict(model: nn.Module, dataset: Dataset, split: Split, batch_size: int | None = None, device="auto",
             sigma: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Logits of ``model`` (eval mode) on ``split``, with Gaussian noise of ``sigma`` on the normalised images."""
     device = resolve_device(device)
+    batch_size = batch_size or eval_batch_size(device)
     was_training = model.training
     model.to(device).eval()
     out = []
@@ -152,7 +182,7 @@ def predict(model: nn.Module, dataset: Dataset, split: Split, batch_size: int = 
     return torch.cat(out)
 
 
-def accuracy(model: nn.Module, dataset: Dataset, split: Split, batch_size: int = 1000, device="auto",
+def accuracy(model: nn.Module, dataset: Dataset, split: Split, batch_size: int | None = None, device="auto",
              sigma: float = 0.0, generator: torch.Generator | None = None) -> float:
     """Top-1 accuracy in percent."""
     logits = predict(model, dataset, split, batch_size, device, sigma, generator)
@@ -160,7 +190,7 @@ def accuracy(model: nn.Module, dataset: Dataset, split: Split, batch_size: int =
 
 
 def accuracy_under_noise(model: nn.Module, dataset: Dataset, split: Split, sigma: float, draws: int = 5,
-                         seed: int = 0, batch_size: int = 1000, device="auto") -> dict:
+                         seed: int = 0, batch_size: int | None = None, device="auto") -> dict:
     """Accuracy with Gaussian noise of ``sigma`` added to the normalised test images (Table 3):
     mean and standard deviation over ``draws`` independent noise draws."""
     check_sigma("sigma", sigma)
