@@ -179,7 +179,7 @@ def plan_distillation(profile: str = "cpu", dataset: str | None = None, per_clas
     if epochs is not None:
         check_positive_int("epochs", epochs)
     batch_size = check_positive_int("batch_size", p.batch_size if batch_size is None else batch_size)
-    check_choice("jacobian_output", jacobian_output, ["target", "top1"])
+    check_choice("jacobian_output", jacobian_output, ["target", "top1", "all"])
     jacobian_loss = profiles.default_jacobian_loss(dataset) if jacobian_loss is None else jacobian_loss
     check_choice("jacobian_loss", jacobian_loss, ["squared", "normalized"])
     check_sigma("sigma", sigma)

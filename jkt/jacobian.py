@@ -134,3 +134,52 @@ def jacobian_distance_sq_estimate(student: nn.Module, teacher: nn.Module, x: tor
         _, g_s = projected_gradient(student, x, v, create_graph)
         total = total + (g_t - g_s).flatten(1).pow(2).sum(1)
     return total / projections
+
+
+FULL_JACOBIAN_METHODS = ("loop", "batched", "projection")
+
+
+def full_jacobian_matching(student: nn.Module, x: torch.Tensor, teacher_jacobian: torch.Tensor,
+                           method: str = "projection", projections: int = 1, generator=None):
+    """``(logits, d)`` with ``d[b]`` the full-Jacobian term of Proposition 1, ``sum_k ||grad T^k(x_b) -
+    grad S^k(x_b)||^2``, differentiable with respect to the student's parameters (double backpropagation).
+
+    ``teacher_jacobian``: the teacher's Jacobians on ``x``, shape ``(B, K, *x.shape[1:])`` (cached once by
+    jkt.teachers.teacher_targets, or :func:`full_jacobian`). One student forward pass serves every method:
+
+    - ``"loop"``: exact, one input-gradient pass per output (K double backward passes);
+    - ``"batched"``: exact, the K passes as one vmapped pass (``is_grads_batched``);
+    - ``"projection"``: unbiased, ``mean_p ||v_p^T (J_T - J_S)||^2`` over ``projections`` Gaussian ``v_p``
+      (E[v v^T] = I); costs ``projections`` passes instead of K.
+
+    In train mode (BatchNorm with batch statistics) the student's gradients carry the cross-sample terms of
+    the one-output case (see the module note); the estimator is then unbiased for a slightly different
+    quantity than the loop (the cross-sample part of ``v``'s other rows); in eval mode all three agree.
+    """
+    check_choice("method", method, FULL_JACOBIAN_METHODS)
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = student(x)
+        batch, k = logits.shape
+        if tuple(teacher_jacobian.shape) != (batch, k, *x.shape[1:]):
+            raise ValueError(f"teacher_jacobian has shape {tuple(teacher_jacobian.shape)}; expected "
+                             f"{(batch, k, *x.shape[1:])} (batch, outputs, input shape)")
+        if method == "loop":
+            d = 0.0
+            for i in range(k):
+                (g,) = torch.autograd.grad(logits[:, i].sum(), x, create_graph=True, retain_graph=True)
+                d = d + (g - teacher_jacobian[:, i]).flatten(1).pow(2).sum(1)
+        elif method == "batched":
+            eye = torch.eye(k, dtype=logits.dtype, device=logits.device)
+            basis = eye[:, None, :].expand(k, batch, k)
+            (g,) = torch.autograd.grad(logits, x, grad_outputs=basis, is_grads_batched=True, create_graph=True)
+            d = (g.transpose(0, 1) - teacher_jacobian).flatten(2).pow(2).sum((1, 2))
+        else:
+            vs = projection_vectors(batch, k, projections, generator, x.device, x.dtype)
+            d = 0.0
+            for v in vs:
+                (g,) = torch.autograd.grad((logits * v).sum(), x, create_graph=True, retain_graph=True)
+                g_t = torch.einsum("bk,bk...->b...", v, teacher_jacobian)
+                d = d + (g - g_t).flatten(1).pow(2).sum(1)
+            d = d / projections
+    return logits, d

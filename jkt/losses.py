@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .jacobian import (jacobian_distance_sq_estimate, frobenius_sq_estimate,
+from .jacobian import (frobenius_sq_estimate, full_jacobian_matching,
                        output_and_input_gradient)
 from .validate import (check_choice, check_nonnegative_int, check_number, check_positive_int,
                        check_positive_number, check_sigma)
@@ -146,7 +146,7 @@ def attention_transfer(s_features, t_features, p: float = 2.0) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 # The combined objective and the presets
 
-JACOBIAN_OUTPUTS = ("target", "top1")
+JACOBIAN_OUTPUTS = ("target", "top1", "all")
 JACOBIAN_LOSSES = ("squared", "normalized")
 
 
@@ -154,8 +154,11 @@ JACOBIAN_LOSSES = ("squared", "normalized")
 class Objective:
     """``alpha*CE + beta*activations + gamma*Jacobians`` (the supplementary's loss) plus optional extras.
 
-    jacobian_output: differentiate the label's output ("target") or the teacher's arg-max ("top1", label-free).
-    jacobian_loss: "squared" (CIFAR-100 form) or "normalized" (CIFAR-10 form).
+    jacobian_output: differentiate the label's output ("target"), the teacher's arg-max ("top1", label-free),
+    or match the full Jacobian ("all": the sum over outputs of Proposition 1; the teacher's Jacobians are
+    cached, ``projections`` >= 1 Gaussian projections give an unbiased estimate at the cost of one output
+    each, ``projections=0`` the exact loop over outputs).
+    jacobian_loss: "squared" (CIFAR-100 form) or "normalized" (CIFAR-10 form; one output only).
     hinton/temperature: Hinton soft-target distillation. noisy/sigma/samples: Monte-Carlo noisy-input
     distillation (Proposition 1's left side). penalty/projections: Proposition 2's Jacobian-norm penalty,
     on the selected output (projections=0) or the full Jacobian by random projections (projections>=1).
@@ -185,6 +188,12 @@ class Objective:
         check_sigma("input_noise", self.input_noise)
         check_positive_int("samples", self.samples)
         check_nonnegative_int("projections", self.projections)
+        if self.jacobian_output == "all" and self.jacobian_loss != "squared":
+            raise ValueError("jacobian_output='all' matches full Jacobians with the squared loss; "
+                             "use jacobian_loss='squared' (the normalized form is defined for one output)")
+        if self.jacobian_output == "all" and self.penalty > 0 and self.projections == 0:
+            raise ValueError("penalty with projections=0 penalises one output, the label's; with "
+                             "jacobian_output='all' set projections >= 1 (both terms then use full Jacobians)")
 
     @property
     def needs_teacher(self) -> bool:
@@ -198,14 +207,19 @@ class Objective:
               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The unweighted terms for one batch. ``teacher_logits``/``teacher_grad``/``teacher_index``: the
         teacher's outputs, input gradients and differentiated outputs on ``x`` (cached or online);
-        ``teacher`` is needed only for the noisy term."""
+        ``teacher`` is needed only for the noisy term. With ``jacobian_output="all"``, ``teacher_grad`` holds
+        the teacher's full Jacobians, shape ``(B, K, *x.shape[1:])``."""
         if self.needs_teacher and teacher_logits is None:
             raise ValueError("this objective matches a teacher: pass teacher_logits (and teacher_grad)")
         if self.input_noise > 0:
             x = x + self.input_noise * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         terms = {}
         one_output_penalty = self.penalty > 0 and self.projections == 0
-        if self.gamma > 0 or one_output_penalty:
+        if self.gamma > 0 and self.jacobian_output == "all":
+            method = "projection" if self.projections > 0 else "loop"
+            logits, d = full_jacobian_matching(student, x, teacher_grad, method, self.projections, generator)
+            terms["jac"] = d.mean()
+        elif self.gamma > 0 or one_output_penalty:
             if self.gamma > 0:
                 index = teacher_index
             else:

@@ -15,10 +15,10 @@ from torch import nn
 
 from . import models
 from .data import Batches, Dataset, Split, data_root
-from .jacobian import eval_mode, output_and_input_gradient
+from .jacobian import eval_mode, full_jacobian, output_and_input_gradient
 from .losses import preset
 from .store import CorruptCheckpoint, config_hash, load_checkpoint, save_checkpoint
-from .train import TeacherTargets, accuracy, fit, resolve_device, seed_everything
+from .train import HOLD_ON_DEVICE_BYTES, TeacherTargets, accuracy, fit, resolve_device, seed_everything
 
 
 def checkpoint_dir(root=None) -> Path:
@@ -68,19 +68,31 @@ def teacher_targets(teacher: nn.Module, data: Dataset, split: Split, jacobian_ou
                     with_gradients: bool = True, batch_size: int = 256, device="auto") -> TeacherTargets:
     """The teacher's logits on every row of ``split`` and, with ``with_gradients``, the input gradient of
     the output that the student will match (the label for "target", the teacher's arg-max for "top1"),
-    in eval mode (exact per-sample gradients), held on ``device`` for the whole training run."""
+    in eval mode (exact per-sample gradients), held on ``device`` for the whole training run.
+    ``jacobian_output="all"`` caches the full Jacobians (K times the memory of one gradient)."""
     device = resolve_device(device)
+    if with_gradients and jacobian_output == "all":
+        need = len(split) * data.num_classes * data.in_channels * data.image_size[0] * data.image_size[1] * 4
+        if need > 4 * HOLD_ON_DEVICE_BYTES:
+            raise ValueError(f"the teacher's full Jacobians on {len(split)} images would take {need / 2 ** 30:.1f} GiB; "
+                             f"full-Jacobian matching caches them: use a smaller subset (per_class) or "
+                             f"jacobian_output='target'")
     logits, grads, index = [], [], []
     with eval_mode(teacher.to(device)):
         for x, y, _ in Batches(split, data, batch_size, device, shuffle=False):
             which = y if jacobian_output == "target" else "top1"
-            if with_gradients:
+            if with_gradients and jacobian_output == "all":
+                with torch.no_grad():
+                    out = teacher(x)
+                grads.append(full_jacobian(teacher, x))
+                i = y
+            elif with_gradients:
                 out, g, i = output_and_input_gradient(teacher, x, which)
                 grads.append(g)
             else:
                 with torch.no_grad():
                     out = teacher(x)
-                i = y if jacobian_output == "target" else out.argmax(1)
+                i = out.argmax(1) if jacobian_output == "top1" else y
             logits.append(out)
             index.append(i)
     return TeacherTargets(torch.cat(logits), torch.cat(index), torch.cat(grads) if grads else None)
