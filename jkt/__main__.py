@@ -4,6 +4,7 @@
     python -m jkt reproduce --profile paper --scheduler tcp://host:8786   # the same on a Dask cluster
     python -m jkt distill --profile cpu --per-class 10        # Tables 1-2 analog for one per-class size
     python -m jkt data fashion-mnist [--download]              # find (or fetch) a dataset and say where
+    python -m jkt bench --out bench.json                       # cost of each Jacobian-matching path vs a CE step
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     d.add_argument("--seeds", nargs="+", type=int, default=None)
     d.add_argument("--epochs", type=int, default=None)
     d.add_argument("--batch-size", type=int, default=None)
-    d.add_argument("--jacobian-output", default="target", help="target or top1")
+    d.add_argument("--jacobian-output", default="target", help="target, top1 or all (full Jacobians, projections)")
     d.add_argument("--jacobian-loss", default=None, help="squared or normalized (default: the paper's)")
     d.add_argument("--device", default="auto")
     d.add_argument("--results", default=None, help="records folder (default results/ or $JKT_RESULTS)")
@@ -106,6 +107,27 @@ def main(argv=None) -> int:
     g.add_argument("name")
     g.add_argument("--download", action="store_true", help="let torchvision download it if not found")
     g.set_defaults(func=cmd_data)
+
+    b = sub.add_parser("bench", help="time every way of matching Jacobians as a multiple of one cross-entropy step",
+                       description="One real training step of each case (VGG-4 student, VGG-9 teacher), timed "
+                                   "round-robin; medians and multiples of the CE step. Table to the terminal, JSON "
+                                   "to --out (or to stdout, with the table on stderr).")
+    b.add_argument("--widths", nargs="+", default=["cpu", "full"], choices=["cpu", "full"],
+                   help="cpu: the cpu profile's widths; full: the paper's (default both)")
+    b.add_argument("--cases", nargs="+", default=None, metavar="CASE",
+                   help="a subset of: " + ", ".join(__import__("jkt.bench", fromlist=["CASES"]).CASES))
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--image-size", type=int, default=32)
+    b.add_argument("--channels", type=int, default=3)
+    b.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    b.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    b.add_argument("--seeds", type=int, default=3, metavar="N",
+                   help="also time N seeds trained together (torch.func) vs one after another; 0: skip (default 3)")
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--out", default=None, metavar="FILE", help="write the JSON here (the table goes to stdout)")
+    b.add_argument("--quiet", action="store_true", help="no progress lines")
+    b.set_defaults(func=lambda args: __import__("jkt.bench", fromlist=["main"]).main(args))
 
     args = parser.parse_args(argv)
     if getattr(args, "methods", 0) is None:

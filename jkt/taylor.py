@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -666,33 +665,7 @@ def finite_difference_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 # ---------------------------------------------------------------------------------------------------
 # Notebook 02: cost
 
-def _sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def time_call(fn, repeats: int = 5, warmup: int = 1, min_seconds: float = 0.02) -> float:
-    """Median wall time of one ``fn()`` call in seconds, over ``repeats`` measurements after ``warmup``
-    untimed calls. A measurement times enough back-to-back calls to last ``min_seconds`` (as ``timeit``
-    does), so that millisecond operations are not lost in the timer's and the scheduler's noise."""
-    check_positive_int("repeats", repeats)
-    for _ in range(warmup):
-        fn()
-    _sync()
-    start = time.perf_counter()
-    fn()
-    _sync()
-    once = time.perf_counter() - start
-    number = max(1, math.ceil(min_seconds / max(once, 1e-9)))
-    times = []
-    for _ in range(repeats):
-        _sync()
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        _sync()
-        times.append((time.perf_counter() - start) / number)
-    return statistics.median(times)
+from .bench import time_call  # noqa: E402  (re-exported: notebook 02 times its calls with it)
 
 
 def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -736,7 +709,7 @@ def jacobian_methods(model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher
     def jacobian_step():
         model.zero_grad(set_to_none=True)
         logits, g, _ = J.output_and_input_gradient(model, x, y, create_graph=True)
-        (F.cross_entropy(logits, y) + jacobian_matching(g, target)).backward()
+        (F.cross_entropy(logits, y) + jacobian_matching(g, target)).backward(inputs=list(model.parameters()))
 
     return {
         "one output (label)": lambda: J.input_gradient(model, x, y),
