@@ -264,3 +264,17 @@ def test_bench_json_to_stdout_and_case_validation(capsys):
     assert "jac/cached" in captured.err
     assert rc == 0
     assert main(["bench", "--cases", "nope", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("projections", [0, 2])
+def test_fit_matches_full_jacobians_from_the_cache(tiny_data, make_vgg, projections):
+    """Full-Jacobian matching trains end to end from cached teacher Jacobians (exact loop or projections),
+    and the term goes down."""
+    teacher = make_vgg(seed=3).float()
+    targets = teacher_targets(teacher, tiny_data, tiny_data.train, "all", device="cpu")
+    torch.manual_seed(0)
+    student = models.build("vgg4", 1, 4, 0.125)
+    objective = Objective(alpha=1.0, gamma=1.0, jacobian_output="all", projections=projections)
+    history = fit(student, tiny_data, tiny_data.train, objective, epochs=6, batch_size=16, device="cpu",
+                  teacher_targets=targets, lr=1e-2)
+    assert history.terms[-1]["jac"] < history.terms[0]["jac"]

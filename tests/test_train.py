@@ -9,7 +9,7 @@ import torch
 from jkt import models, teachers, train
 from jkt.losses import Objective, preset
 from jkt.store import load_checkpoint, save_checkpoint
-from jkt.train import NonFiniteLoss, TeacherTargets, fit
+from jkt.train import NonFiniteLoss, TeacherTargets, accuracy, fit
 
 
 def student(seed=0, data=None):
@@ -333,3 +333,12 @@ def test_distillation_from_a_cached_teacher(tiny_data, tmp_path):
     targets = teachers.teacher_targets(teacher, tiny_data, tiny_data.train, "top1", device="cpu")
     history = run(student(), tiny_data, preset("act+jac"), epochs=2, teacher_targets=targets)
     assert set(history.terms[0]) == {"act", "jac"} and all(math.isfinite(v) for v in history.loss)
+
+
+def test_accuracy_of_a_float64_model(tiny_data):
+    """Images come as float32; a float64 model gets them in its own precision (same predictions)."""
+    torch.manual_seed(0)
+    model = models.build("vgg4", 1, 4, 0.125).eval()
+    acc32 = accuracy(model, tiny_data, tiny_data.test, device="cpu")
+    acc64 = accuracy(copy.deepcopy(model).double(), tiny_data, tiny_data.test, device="cpu")
+    assert acc64 == pytest.approx(acc32)
