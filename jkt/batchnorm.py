@@ -6,9 +6,9 @@ batch statistics, and PyTorch's generic double backward of ``native_batch_norm_b
 40% of a VGG-4 Jacobian-matching step on the CPU (profiled: 120 of 300 ms).
 
 Here the forward and the first backward are PyTorch's own kernels (bit-identical outputs and input
-gradients); only the second backward is ours: a closed form with three per-channel sums and two
+gradients); only the second backward is ours: a closed form with three per-channel sums and five fused
 elementwise passes (derivation below, checked against ``torch.autograd.gradcheck`` in float64 and
-against ``nn.BatchNorm2d`` in tests/test_batchnorm.py).
+against ``nn.BatchNorm2d`` in tests/test_performance.py).
 
 Per channel, over its M = N*H*W elements, with r = 1/sqrt(var + eps), xh = (x - mean) r,
 gbar = mean(gy), c = mean(gy xh), the first backward is

@@ -104,7 +104,7 @@ def widths(name: str) -> tuple[float, float]:
 class _Case:
     """One case's own student copy, optimizer and inputs: a zero-argument ``step()``."""
 
-    def __init__(self, name, setup: Setup, student_fast, student_plain, teacher, x, y, cache, device, seed):
+    def __init__(self, name, student_fast, student_plain, teacher, x, y, cache, device, seed):
         options, self.teacher_mode, path, self.label = CASES[name]
         full = options.get("jacobian_output") == "all"
         self.batched_full = name == "full/batched"
@@ -157,6 +157,8 @@ def run(width: str = "cpu", cases=None, batch_size: int = 128, image_size: int =
     teacher = models.build("vgg9", channels, setup.num_classes, tw).to(device).eval()
     x = torch.randn(batch_size, channels, image_size, image_size, generator=gen).to(device)
     y = torch.randint(0, setup.num_classes, (batch_size,), generator=gen).to(device)
+    output_and_input_gradient(teacher, x, y)  # warm-up
+    sync(device)
     start = time.perf_counter()
     logits, grad, _ = output_and_input_gradient(teacher, x, y)
     sync(device)
@@ -164,7 +166,7 @@ def run(width: str = "cpu", cases=None, batch_size: int = 128, image_size: int =
     cache = {"logits": logits, "grad": grad, "jacobian": None}
     if any(CASES[c][0].get("jacobian_output") == "all" for c in cases):
         cache["jacobian"] = full_jacobian(teacher, x)
-    runners = {c: _Case(c, setup, student, plain, teacher, x, y, cache, device, seed) for c in cases}
+    runners = {c: _Case(c, student, plain, teacher, x, y, cache, device, seed) for c in cases}
     times = {c: [] for c in cases}
     errors = {}
     for r in range(warmup + repeats):
