@@ -127,6 +127,9 @@ def main(argv=None) -> int:
     b.add_argument("--device", default="auto")
     b.add_argument("--out", default=None, metavar="FILE", help="write the JSON here (the table goes to stdout)")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
+    b.add_argument("--figure", default=None, metavar="NAME", help="also plot the multiples to figures/NAME.png")
+    b.add_argument("--load", default=None, metavar="FILE",
+                   help="do not time anything: show (and with --figure plot) the JSON of an earlier run")
     b.set_defaults(func=lambda args: __import__("jkt.bench", fromlist=["main"]).main(args))
 
     args = parser.parse_args(argv)

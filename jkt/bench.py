@@ -309,6 +309,43 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict):
+    """Each case's multiple of a CE step, one bar group per width (log scale; the line marks 1x)."""
+    import matplotlib
+
+    if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widget", "ipympl")):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    widths_ = result["widths"]
+    cases = [r["case"] for r in widths_[0]["rows"]]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(cases) + 1.2))
+    height = 0.8 / len(widths_)
+    for i, w in enumerate(widths_):
+        rows = {r["case"]: r for r in w["rows"]}
+        ys = [j + i * height for j in range(len(cases))]
+        xs = [rows[c].get("x_ce", float("nan")) for c in cases]
+        s = w["setup"]
+        bars = ax.barh(ys, xs, height, label=f"{s['width']} widths (student {s['student_width']:g}, "
+                                               f"teacher {s['teacher_width']:g})")
+        ax.bar_label(bars, labels=[f"{x:.2f}" for x in xs], padding=2, fontsize=8)
+    ax.set_yticks([j + height * (len(widths_) - 1) / 2 for j in range(len(cases))], cases)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ticks = [t for t in (1, 2, 3, 5, 10, 20, 50, 100, 200) if t <= 1.5 * max(
+        r.get("x_ce", 1.0) for w in widths_ for r in w["rows"])]
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    ax.minorticks_off()
+    ax.axvline(1.0, color="k", lw=0.8)
+    h = result["host"]
+    ax.set_xlabel("time of one training step / time of one cross-entropy step (log scale)")
+    ax.set_title(f"python -m jkt bench: batch {widths_[0]['setup']['batch_size']}, {h['processor']} x{h['cpu_count']}, "
+                 f"{h['torch_threads']} thread(s), {result['device']}, {h['date'][:10]}", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def benchmark(widths_=("cpu", "full"), cases=None, batch_size: int = 128, image_size: int = 32, channels: int = 3,
               repeats: int = 5, warmup: int = 1, device="auto", seeds: int = 3, progress=None) -> dict:
     """:func:`run` and (``seeds`` >= 2) :func:`seed_stacking` at each width, with the host recorded."""
@@ -325,11 +362,19 @@ def benchmark(widths_=("cpu", "full"), cases=None, batch_size: int = 128, image_
 
 
 def main(args) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.quiet else None
-    result = benchmark(args.widths, args.cases, args.batch_size, args.image_size, args.channels, args.repeats,
-                       args.warmup, args.device, args.seeds, progress=say)
+    if args.load:
+        result = json.loads(open(args.load).read())
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.quiet else None
+        result = benchmark(args.widths, args.cases, args.batch_size, args.image_size, args.channels, args.repeats,
+                           args.warmup, args.device, args.seeds, progress=say)
+    if args.figure:
+        from .plots import save
+
+        paths = save(plot(result), args.figure)
+        print(f"figure written to {paths[0]}", file=sys.stderr)
     text = table(result)
     if args.out:
         from .store import atomic_write_text

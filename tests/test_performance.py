@@ -278,3 +278,18 @@ def test_fit_matches_full_jacobians_from_the_cache(tiny_data, make_vgg, projecti
     history = fit(student, tiny_data, tiny_data.train, objective, epochs=6, batch_size=16, device="cpu",
                   teacher_targets=targets, lr=1e-2)
     assert history.terms[-1]["jac"] < history.terms[0]["jac"]
+
+
+def test_bench_load_and_figure(tmp_path, monkeypatch, capsys):
+    """--load shows an earlier run without timing anything; --figure plots it under $JKT_FIGURES."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--widths", "cpu", "--cases", "act", "--batch-size", "2", "--image-size", "8",
+                 "--channels", "1", "--repeats", "1", "--warmup", "0", "--seeds", "0", "--quiet",
+                 "--out", str(out)]) == 0
+    monkeypatch.setenv("JKT_FIGURES", str(tmp_path / "figs"))
+    capsys.readouterr()
+    assert main(["bench", "--load", str(out), "--figure", "bench_test"]) == 0
+    captured = capsys.readouterr()
+    assert (tmp_path / "figs" / "bench_test.png").stat().st_size > 0
+    assert json.loads(captured.out) == json.loads(out.read_text())
+    assert "act" in captured.err
