@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import platform
 import statistics
 import sys
@@ -22,38 +21,9 @@ import torch
 from . import models
 from .jacobian import full_jacobian, output_and_input_gradient
 from .losses import Objective
+from .timing import sync
 from .train import resolve_device, training_step
 from .validate import check_choices, check_positive_int
-
-
-def sync(device=None) -> None:
-    """Wait for queued GPU work (timings of asynchronous CUDA calls are meaningless without it)."""
-    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
-        torch.cuda.synchronize()
-
-
-def time_call(fn, repeats: int = 5, warmup: int = 1, min_seconds: float = 0.02) -> float:
-    """Median wall time of one ``fn()`` call in seconds, over ``repeats`` measurements after ``warmup``
-    untimed calls. A measurement times enough back-to-back calls to last ``min_seconds`` (as ``timeit``
-    does), so that millisecond operations are not lost in the timer's and the scheduler's noise."""
-    check_positive_int("repeats", repeats)
-    for _ in range(warmup):
-        fn()
-    sync()
-    start = time.perf_counter()
-    fn()
-    sync()
-    once = time.perf_counter() - start
-    number = max(1, math.ceil(min_seconds / max(once, 1e-9)))
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        sync()
-        times.append((time.perf_counter() - start) / number)
-    return statistics.median(times)
 
 
 # name -> (objective, teacher: "cached" or "online", student path: "fast" or "plain", what it is)
@@ -371,10 +341,9 @@ def main(args) -> int:
         result = benchmark(args.widths, args.cases, args.batch_size, args.image_size, args.channels, args.repeats,
                            args.warmup, args.device, args.seeds, progress=say)
     if args.figure:
-        from .plots import save
+        from .plots import write
 
-        paths = save(plot(result), args.figure)
-        print(f"figure written to {paths[0]}", file=sys.stderr)
+        print(f"figure written to {write(plot(result), args.figure)}", file=sys.stderr)
     text = table(result)
     if args.out:
         from .store import atomic_write_text

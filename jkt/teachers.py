@@ -34,6 +34,13 @@ def teacher_config(dataset: str, arch: str, width: float, epochs: int, batch_siz
             "schedule": "adam, /10 at 80%", "objective": objective or {"method": "ce"}}
 
 
+def profile_teacher_config(profile, dataset: str) -> dict:
+    """The config of ``profile``'s VGG teacher on ``dataset`` (a jkt.profiles.Profile): notebooks 02 and 03 share
+    its checkpoint."""
+    return teacher_config(dataset, profile.teacher_arch, profile.teacher_width, profile.teacher_epochs,
+                          profile.teacher_batch_size, seed=0, lr=profile.lr)
+
+
 def get_teacher(data: Dataset, train: Split, config: dict, device="auto", root=None, progress: bool = True,
                 objective=None) -> tuple[nn.Module, dict]:
     """Load the teacher of ``config`` from the cache, or train it on ``train`` and cache it.

@@ -1,6 +1,5 @@
 """Tests for jkt.taylor against independent computations: closed forms on quadratic and linear networks,
 Gauss-Hermite quadrature for the expectations over the noise, finite differences, synthetic power laws."""
-import copy
 import math
 
 import numpy as np
@@ -9,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jkt import jacobian, models, taylor
+from jkt import jacobian, models, profiles, taylor
+from jkt.losses import SoftmaxOutput
 
 
 class Quadratic(nn.Module):
@@ -57,12 +57,13 @@ def quadrature_excess(teacher, student, x, y, sigma, nodes=40):
 
 
 # ---------------------------------------------------------------------------------------------------- sizes
-def test_sizes_profiles_share_keys_and_reject_unknown():
-    keys = set(taylor.sizes("cpu"))
-    assert set(taylor.sizes("smoke")) == keys == set(taylor.sizes("paper"))
-    assert taylor.sizes("smoke")["draws"] < taylor.sizes("cpu")["draws"]
+def test_profile_sizes_share_keys_and_reject_unknown():
+    """Notebooks 01 and 02 read their sizes from jkt.profiles: every profile has the same keys."""
+    keys = set(profiles.get("cpu").sizes)
+    assert keys and set(profiles.get("smoke").sizes) == keys == set(profiles.get("paper").sizes)
+    assert profiles.get("smoke").sizes["draws"] < profiles.get("cpu").sizes["draws"]
     with pytest.raises(ValueError, match="profile"):
-        taylor.sizes("laptop")
+        profiles.get("laptop")
 
 
 # ---------------------------------------------------------------------------------------------------- derivatives
@@ -141,15 +142,10 @@ def test_eq3_paper_form_is_twice_the_gradient_term_without_curvature():
     x, y = points(3), torch.tensor([0, 2, 1])
     c = taylor.second_order_coefficients(student, student, x, y)
     probs = F.softmax(student(x), 1).detach()
-    g = jacobian.input_gradient(taylor_softmax(student), x, y).flatten(1)
+    g = jacobian.input_gradient(SoftmaxOutput(student), x, y).flatten(1)
     expected = g.pow(2).sum(1) / probs.gather(1, y[:, None])[:, 0] ** 2
     torch.testing.assert_close(c["eq3"]["paper"], expected, rtol=1e-10, atol=1e-12)
     assert torch.all(c["prop1"]["full"] == 0)  # teacher == student: nothing to match
-
-
-def taylor_softmax(model):
-    from jkt.losses import SoftmaxOutput
-    return SoftmaxOutput(model)
 
 
 # ---------------------------------------------------------------------------------------------------- Monte Carlo
@@ -237,78 +233,3 @@ def test_affine_residual_zero_without_biases_and_not_with_them(make_vgg):
     biased = models.build("vgg4", 1, 4, width=0.125, batch_norm=False, bias=True).double()
     assert taylor.affine_residual(biased, x).min() > 1e-6
     assert taylor.affine_residual(make_vgg(), x).min() > 1e-6   # BatchNorm with non-trivial running stats
-
-
-# ---------------------------------------------------------------------------------------------------- notebook 02 helpers
-def test_finite_difference_check_and_directional_fd(make_mlp):
-    net = make_mlp()
-    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
-    df = taylor.finite_difference_check(net, x, torch.tensor([1, 3]), directions=2,
-                                        generator=torch.Generator().manual_seed(0))
-    assert set(df.method) == {"one output (label)", "one output (top-1)", "random projection", "full Jacobian"}
-    assert df["relative error"].max() < 1e-6
-
-
-def test_maxpool_ties_appear_on_flat_images_only():
-    torch.manual_seed(0)
-    net = models.build("vgg4", 1, 4, width=0.25, batch_norm=False, bias=True).double().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                m.bias.fill_(0.5)  # positive maps, so that flat regions tie at a positive value
-    flat = torch.zeros(2, 1, 16, 16, dtype=torch.float64)
-    assert taylor.maxpool_ties(net, flat) > 0.1
-    assert taylor.maxpool_ties(net, torch.randn(2, 1, 16, 16, dtype=torch.float64)) == 0
-
-
-def test_batchnorm_gap_zero_without_batchnorm_and_per_sample_gradient_is_exact(make_mlp, make_vgg):
-    x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
-    y = torch.tensor([0, 1, 2, 3, 0, 1])
-    assert taylor.batchnorm_gap(make_mlp(), x, y).max() < 1e-12
-    vgg = make_vgg()
-    state = copy.deepcopy(vgg.state_dict())
-    exact = taylor.per_sample_gradients_train_mode(vgg, x, y, rows=2)
-    # central differences of f_b[y_b] in train mode, moving x_b only
-    net, eps, u = copy.deepcopy(vgg).train(), 1e-6, torch.randn(8, 8, dtype=torch.float64)
-    for b in range(2):
-        xp, xm = x.clone(), x.clone()
-        xp[b, 0] += eps * u
-        xm[b, 0] -= eps * u
-        with torch.no_grad():
-            fd = (net(xp)[b, y[b]] - net(xm)[b, y[b]]) / (2 * eps)
-        assert float(fd) == pytest.approx(float((exact[b, 0] * u).sum()), rel=1e-5, abs=1e-8)
-    for k, v in vgg.state_dict().items():   # the model's running statistics were not touched
-        assert torch.equal(v, state[k]), k
-    assert taylor.batchnorm_gap(vgg, x, y, rows=3).min() > 1e-3
-
-
-def test_relative_times_and_time_call():
-    calls = {"double": lambda: sum(range(20000)) * 2}
-    table = taylor.relative_times(calls, lambda: sum(range(10000)), repeats=3, warmup=1)
-    assert table.loc["forward+backward step", "x step"] == 1.0
-    assert table.loc["double", "x step"] > 1.0 and (table["seconds"] > 0).all()
-
-
-def test_three_estimators_on_linear_networks():
-    teacher = tiny_mlp("relu", 0, hidden=(), dim=6, outputs=4)
-    student = tiny_mlp("relu", 1, hidden=(), dim=6, outputs=4)
-    x = points(3, dim=6)
-    exact = taylor.exact_jacobian_distance(teacher, student, x)
-    gap = (teacher.classifier.weight - student.classifier.weight).detach().pow(2).sum()
-    torch.testing.assert_close(exact, gap.expand(3), rtol=1e-12, atol=1e-12)
-    g = torch.Generator().manual_seed(0)
-    proj = taylor.projection_draws(teacher, student, x, 2000, g)
-    assert ((proj.mean(0) - exact).abs() < 4 * proj.std(0) / math.sqrt(2000)).all()
-    # for linear networks the antithetic noise estimate does not depend on sigma at all
-    a = taylor.noise_draws(teacher, student, x, 1e-2, 50, torch.Generator().manual_seed(1))
-    b = taylor.noise_draws(teacher, student, x, 10.0, 50, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
-    table, errors, ex = taylor.estimator_comparison(teacher, student, x, [0.1], repeats=4, timing_repeats=1)
-    assert list(table.index) == ["exact sum", "projection", "noise, sigma=0.1"]
-    assert (table["draws"] >= 1).all() and len(errors) == 4 * 3 * 2
-
-
-def test_gradient_cosine():
-    a = torch.randn(3, 1, 4, 4)
-    torch.testing.assert_close(taylor.gradient_cosine(a, 2 * a), torch.ones(3))
-    torch.testing.assert_close(taylor.gradient_cosine(a, -a), -torch.ones(3))
