@@ -5,8 +5,9 @@ Submodules load on first use, so ``import jkt`` is cheap and ``jkt.plots.save(..
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["data", "models", "jacobian", "losses", "taylor", "train", "teachers", "store", "profiles",
-           "experiments", "robustness", "transfer", "paper", "report", "plots", "validate"]
+__all__ = ["data", "models", "batchnorm", "jacobian", "losses", "taylor", "jacobian_checks", "taylor_plots", "timing",
+           "train", "teachers", "lwf", "store", "profiles", "experiments", "paper", "report", "plots", "validate",
+           "batch", "bench"]
 
 
 def __getattr__(name):

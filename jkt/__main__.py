@@ -17,18 +17,17 @@ def _per_class(text: str):
 
 
 def cmd_distill(args) -> int:
-    from .experiments import plan_distillation
-    from .report import distill_table
+    from .experiments import distill
 
-    plan = plan_distillation(args.profile, args.dataset, args.per_class, args.methods, args.seeds, args.epochs,
-                             args.batch_size, args.jacobian_output, args.jacobian_loss, device=args.device,
-                             results=args.results)
+    plan = distill.plan(args.profile, args.dataset, args.per_class, args.methods, args.seeds, args.epochs,
+                        args.batch_size, args.jacobian_output, args.jacobian_loss, device=args.device,
+                        results=args.results)
     pending = plan.pending()
     print(f"profile={plan.profile.name} dataset={plan.dataset} per_class={plan.per_class} device={plan.device}: "
           f"{len(plan.methods) * len(plan.seeds)} runs, {len(pending)} to do", flush=True)
     records = plan.run()
     teacher = records["teacher_test_accuracy"].iloc[0] if len(records) else float("nan")
-    table = distill_table(records, plan.methods, plan.dataset, plan.per_class, plan.profile.name)
+    table = plan.table(records)
     print(f"\nteacher {plan.profile.teacher_arch} test accuracy: {teacher:.2f}%")
     print(table.drop(columns=["mean", "std"]).to_string())
     return 0
@@ -66,6 +65,9 @@ def cmd_data(args) -> int:
 
 
 def main(argv=None) -> int:
+    from .bench import CASES
+    from .bench import main as bench_main
+
     parser = argparse.ArgumentParser(prog="python -m jkt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,8 +91,9 @@ def main(argv=None) -> int:
                                    "then notebooks/06_reproduce.ipynb. Resumable: run it again after any interruption. "
                                    "Exit code 1 when any notebook failed.")
     r.add_argument("--profile", default="cpu", help="smoke, cpu or paper (default cpu)")
-    r.add_argument("--only", nargs="+", choices=["distill", "robustness", "transfer"], default=None,
-                   help="run only these experiments (default all three); the report still covers every record")
+    r.add_argument("--only", nargs="+", choices=["distill", "robustness", "transfer", "figures"], default=None,
+                   help="run only these parts (default all; figures: notebooks 01, 02 and 04's three routes); "
+                        "the report still covers every record")
     r.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 (default: the profile's)")
     r.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local worker processes (default: one per GPU, else one per core within memory)")
@@ -115,7 +118,7 @@ def main(argv=None) -> int:
     b.add_argument("--widths", nargs="+", default=["cpu", "full"], choices=["cpu", "full"],
                    help="cpu: the cpu profile's widths; full: the paper's (default both)")
     b.add_argument("--cases", nargs="+", default=None, metavar="CASE",
-                   help="a subset of: " + ", ".join(__import__("jkt.bench", fromlist=["CASES"]).CASES))
+                   help="a subset of: " + ", ".join(CASES))
     b.add_argument("--batch-size", type=int, default=128)
     b.add_argument("--image-size", type=int, default=32)
     b.add_argument("--channels", type=int, default=3)
@@ -127,10 +130,10 @@ def main(argv=None) -> int:
     b.add_argument("--device", default="auto")
     b.add_argument("--out", default=None, metavar="FILE", help="write the JSON here (the table goes to stdout)")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
-    b.add_argument("--figure", default=None, metavar="NAME", help="also plot the multiples to figures/NAME.png")
+    b.add_argument("--figure", default=None, metavar="PATH", help="also plot the multiples to PATH (e.g. figures/bench.png)")
     b.add_argument("--load", default=None, metavar="FILE",
                    help="do not time anything: show (and with --figure plot) the JSON of an earlier run")
-    b.set_defaults(func=lambda args: __import__("jkt.bench", fromlist=["main"]).main(args))
+    b.set_defaults(func=bench_main)
 
     args = parser.parse_args(argv)
     if getattr(args, "methods", 0) is None:

@@ -1,15 +1,21 @@
 """The batch reproduction: the paper's grid as papermill jobs, run on an Executor, resumable, then the report.
 
-A *job* is one execution of an experiment notebook (03 distillation, 04 robustness, 05 transfer) with the
-grid's parameters, written to ``<out>/<profile>/<experiment>/<name>.ipynb`` (through a temporary name,
+A *job* is one execution of a notebook with the grid's parameters: an experiment notebook (03 distillation,
+04 robustness, 05 transfer), or a notebook that makes committed figures (01, 02, and 04 with its three routes), written to ``<out>/<profile>/<experiment>/<name>.ipynb`` (through a temporary name,
 renamed when it succeeds; ``<name>.failed.ipynb`` when it fails), so every number can be traced to the
 notebook that made it. Jobs are independent and go to a ``concurrent.futures.Executor``: a local process
 pool (one worker per GPU when there are GPUs, each pinned to its own), or a Dask cluster
 (``Client(address).get_executor()``), with the same code path. Notebook 06 tabulates the records at the end.
 
 Resumable: a job is skipped when its executed notebook exists *and* every record its plan expects exists.
-The notebooks write each run's record atomically (jkt.store), so a job killed at any moment simply reruns
-and loads its finished runs; records are keyed by their config, so nothing is ever duplicated.
+The batch learns what a job runs from the experiment's registered ``plan`` (jkt.experiments), called with
+the job's parameters exactly as the notebook calls it. The notebooks write each run's record atomically
+(jkt.store), so a job killed at any moment simply reruns and loads its finished runs; records are keyed by
+their config, so nothing is ever duplicated.
+
+Figures: grid jobs write theirs under ``<out>/<profile>/<experiment>/figures/``; the report and the figure
+jobs write to the committed ``figures/`` when the batch writes to the default ``runs/`` in a profile other
+than smoke (else to ``<out>/<profile>/figures``), each name carrying its profile.
 """
 from __future__ import annotations
 
@@ -24,17 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import profiles
+from .experiments import EXPERIMENTS
+from .experiments import NOTEBOOKS as EXPERIMENT_NOTEBOOKS
+from .plots import COMMITTED as COMMITTED_FIGURES
 from .store import REPO
 from .validate import check_choices, check_positive_int
 
-EXPERIMENTS = ("distill", "robustness", "transfer")
+PARTS = (*EXPERIMENTS, "figures")  # what --only chooses from
 NOTEBOOK_DIR = REPO / "notebooks"
-NOTEBOOKS = {"distill": "03_distill.ipynb", "robustness": "04_robustness.ipynb",
-             "transfer": "05_transfer.ipynb", "report": "06_reproduce.ipynb"}
-# The transfer table's analog per profile: (setting, per-class sizes). None: the recipe's own per_class.
-# The paper setting is the poster's table (MIT Indoor 67 at 25, 50 images per class and the full set).
-TRANSFER_GRID = {"smoke": ("offline", None), "cpu": ("offline", None), "paper": ("paper", (25, 50, "full"))}
-# Table 3 is the paper's penalty only (notebook 04 also offers noise training and a full-Jacobian penalty).
+NOTEBOOKS = {"taylor": "01_taylor_equivalence.ipynb", "jacobians": "02_jacobians.ipynb", **EXPERIMENT_NOTEBOOKS,
+             "report": "06_reproduce.ipynb"}
+# Table 3 is the paper's penalty only; the figure job of notebook 04 runs its three routes on seed 0.
 ROBUSTNESS_ROUTES = ("penalty",)
 KERNEL_ENV_DROP = ("JKT_PROFILE",)  # the batch passes the profile explicitly; CI's override must not leak in
 
@@ -78,27 +84,38 @@ def _slug(value) -> str:
     return str(value).replace(":", "_").replace("/", "_")
 
 
+def figures_out(profile: str, out=None) -> Path:
+    """Where the report and the figure jobs put their figures: the committed ``figures/`` for a reproduction into
+    the default ``runs/`` in a profile other than smoke, else ``<out>/<profile>/figures``."""
+    default = out is None or Path(out).resolve() == default_out().resolve()
+    if default and profile != "smoke":
+        return COMMITTED_FIGURES
+    return Path(out or default_out()).resolve() / profile / "figures"
+
+
 def plan(profile: str = "cpu", only=None, seeds=None, out=None, device: str = "auto") -> list[Job]:
     """The paper's grid for ``profile`` as jobs, one per (dataset or setting, per_class or seed):
 
     * distill (Tables 1-2): every dataset of the profile x its ``per_class_grid`` x seeds, the six methods;
     * robustness (Table 3): one job per seed, the notebook's strengths x sigmas (the paper's), the penalty route;
-    * transfer (the poster's table): one job per per_class size and seed, the six rows.
+    * transfer (the poster's table): one job per per_class size and seed, the six rows;
+    * figures: notebooks 01 and 02, and 04 with its three routes on seed 0 (the figures the README cites).
 
-    ``only``: a list of experiments (default all); ``seeds``: an int N for seeds 0..N-1 (default the profile's).
+    ``only``: a list of parts (default all); ``seeds``: an int N for seeds 0..N-1 (default the profile's).
     Nothing is run or written here.
     """
     p = profiles.get(profile)
-    only = list(EXPERIMENTS) if only is None else check_choices("only", list(only), EXPERIMENTS)
+    only = list(PARTS) if only is None else check_choices("only", list(only), PARTS)
     seeds = _seeds(p, seeds)
     root = Path(out or default_out()).resolve() / p.name  # absolute: a Dask worker has its own working folder
     jobs = []
 
-    def job(experiment, name, parameters, group=None):
+    def job(experiment, name, parameters, group=None, figures=None):
         folder = root / experiment
+        on = {} if experiment == "taylor" else {"device": device}  # notebook 01's float64 MLPs run on the CPU
         jobs.append(Job(experiment, name, str(NOTEBOOK_DIR / NOTEBOOKS[experiment]),
-                        {"profile": p.name, **parameters, "device": device}, str(folder / f"{name}.ipynb"),
-                        group, str(folder / "figures" / name)))
+                        {"profile": p.name, **parameters, **on}, str(folder / f"{name}.ipynb"),
+                        group, str(figures or folder / "figures" / name)))
 
     if "distill" in only:
         for dataset in p.datasets:
@@ -110,15 +127,16 @@ def plan(profile: str = "cpu", only=None, seeds=None, out=None, device: str = "a
         for s in seeds:
             job("robustness", f"{_slug(p.dataset)}-seed{s}", {"seeds": [s], "routes": list(ROBUSTNESS_ROUTES)})
     if "transfer" in only:
-        setting, grid = TRANSFER_GRID[p.name]
-        if grid is None:
-            from .transfer import recipe
-
-            grid = (recipe(p.name, setting).per_class,)
-        for per_class in grid:
+        setting, grid = p.transfer_grid
+        for per_class in grid or (p.transfer_recipe(setting).per_class,):
             for s in seeds:
                 job("transfer", f"{setting}-per_class{per_class}-seed{s}",
                     {"setting": setting, "per_class": per_class, "seeds": [s]}, group=f"transfer/{setting}")
+    if "figures" in only:
+        figures = figures_out(p.name, out)
+        job("taylor", "01_taylor_equivalence", {}, figures=figures)
+        job("jacobians", "02_jacobians", {}, group=f"distill/{p.dataset}", figures=figures)
+        job("robustness", f"{_slug(p.dataset)}-routes-seed0", {"seeds": [0]}, figures=figures)
     names = [j.output for j in jobs]
     assert len(set(names)) == len(names), "two jobs would write the same notebook"
     return jobs
@@ -128,38 +146,24 @@ def report_job(profile: str, out=None) -> Job:
     """Notebook 06 over every record of ``profile``: ``<out>/<profile>/06_reproduce.ipynb``."""
     p = profiles.get(profile)
     return Job("report", "06_reproduce", str(NOTEBOOK_DIR / NOTEBOOKS["report"]), {"profile": p.name},
-               str(Path(out or default_out()).resolve() / p.name / "06_reproduce.ipynb"))
+               str(Path(out or default_out()).resolve() / p.name / "06_reproduce.ipynb"),
+               figures=str(figures_out(p.name, out)))
 
 
 # ---------------------------------------------------------------------------------------------------
-# What a job's notebook will run: its plan, built the way the notebook builds it
+# What a job's notebook will run: the experiment's registered plan, made from the job's parameters
 
-def build_plan(experiment: str, parameters: dict, notebook=None):
-    """The plan that notebook ``experiment`` makes from ``parameters``, made by the notebook's own code: its
-    cells run in order here (no kernel), ``parameters`` set right after its parameters cell as papermill
-    does, up to the first cell that defines ``plan``. By the notebooks' convention those cells only import,
-    validate and plan; nothing is trained or written. Their printing is discarded."""
-    import io
+def job_plan(job: Job):
+    """The plan that ``job``'s notebook makes: ``jkt.experiments.plan(experiment, **parameters)`` (the notebooks
+    call it with their parameters cell, whose names and defaults a test keeps equal to the plan's)."""
+    from .experiments import plan as make_plan
 
-    import nbformat
-
-    notebook = Path(notebook or NOTEBOOK_DIR / NOTEBOOKS[experiment])
-    nb = nbformat.read(notebook, as_version=4)
-    namespace = {"__name__": f"jkt.batch.plan_of_{experiment}"}
-    with contextlib.redirect_stdout(io.StringIO()):
-        for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
-            source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
-            exec(compile(source, f"{notebook.name}[code cell {i}]", "exec"), namespace)  # noqa: S102 - our notebooks
-            if "parameters" in cell.metadata.get("tags", []):
-                namespace.update(parameters)
-            if "plan" in namespace:
-                return namespace["plan"]
-    raise ValueError(f"{notebook} defines no `plan` in its cells; the batch needs one to know the runs of a job")
+    return make_plan(job.experiment, **job.parameters, progress=False)
 
 
 def pending_runs(job: Job) -> int:
-    """How many runs of ``job`` have no record yet (its plan's ``pending()``)."""
-    return len(build_plan(job.experiment, job.parameters, job.notebook).pending())
+    """How many runs of ``job`` have no record yet (0 for a figure notebook, which keeps no records)."""
+    return len(job_plan(job).pending()) if job.experiment in EXPERIMENTS else 0
 
 
 @contextlib.contextmanager
@@ -256,7 +260,7 @@ def run_job(job: Job, env: dict | None = None, check: bool = True) -> dict:
             try:
                 torch.set_num_threads(threads)
                 result["pending"] = pending_runs(job)
-            except Exception as e:  # noqa: BLE001 - the notebook will report it properly
+            except Exception as e:  # the notebook will report it properly
                 result["check_error"] = _error_text(e)
             finally:
                 torch.set_num_threads(before)  # a Dask worker thread shares its process with others
@@ -278,10 +282,9 @@ def prepare_teacher(job: Job, env: dict | None = None) -> dict:
         before = torch.get_num_threads()
         try:
             torch.set_num_threads(threads)
-            plan = build_plan(job.experiment, job.parameters, job.notebook)
-            _, meta = plan.teacher() if hasattr(plan, "teacher") else (None, {"cached": True})
+            meta = job_plan(job).prepare_teacher() if job.experiment in EXPERIMENTS else {"cached": True}
             result = {"status": "done", "cached": bool(meta.get("cached")), "error": None}
-        except Exception as e:  # noqa: BLE001 - reported; the notebooks will meet it again and say where
+        except Exception as e:  # reported; the notebooks will meet it again and say where
             result = {"status": "failed", "error": _error_text(e)}
         finally:
             torch.set_num_threads(before)
@@ -296,7 +299,7 @@ def _execute(job: Job, out: Path) -> dict:
     try:
         papermill.execute_notebook(job.notebook, str(tmp), parameters=dict(job.parameters), progress_bar=False,
                                    log_output=False, cwd=str(Path(job.notebook).parent))
-    except BaseException as e:  # noqa: BLE001 - any failure is this job's, reported with its notebook
+    except BaseException as e:  # any failure is this job's, reported with its notebook
         failed = job.failed_output
         if tmp.exists():
             os.replace(tmp, failed)
@@ -328,7 +331,7 @@ def gpu_ids() -> list[str]:
         import torch
 
         return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - no usable CUDA: no GPUs
+    except Exception:  # no usable CUDA: no GPUs
         return []
 
 
@@ -458,9 +461,8 @@ def _fmt_minutes(seconds: float) -> str:
 
 def _job_env() -> dict:
     """What every job's kernel must see of the driver's environment (a Dask worker does not inherit it)."""
-    env = {k: os.environ[k] for k in ("JKT_RESULTS", "JKT_DATA", "TORCH_HOME") if os.environ.get(k)}
-    env["JKT_FIGURES"] = os.environ.get("JKT_FIGURES")  # report: the driver's (None: <repo>/figures)
-    return {k: (str(Path(v).resolve()) if k != "JKT_FIGURES" or v else v) for k, v in env.items()}
+    return {k: str(Path(os.environ[k]).resolve()) for k in ("JKT_RESULTS", "JKT_DATA", "TORCH_HOME")
+            if os.environ.get(k)}
 
 
 def finished(jobs: list[Job]) -> tuple[list[dict], list[Job]]:
@@ -472,7 +474,7 @@ def finished(jobs: list[Job]) -> tuple[list[dict], list[Job]]:
             start = time.perf_counter()
             try:
                 pending = pending_runs(job) if job.experiment != "report" and Path(job.output).exists() else None
-            except Exception:  # noqa: BLE001 - the job will run and its notebook will say what is wrong
+            except Exception:  # the job will run and its notebook will say what is wrong
                 pending = None
             if pending == 0:
                 done.append({"job": job.describe(), "name": job.name, "experiment": job.experiment,
@@ -557,7 +559,7 @@ def execute(jobs: list[Job], pool, progress: bool = True, desc: str = "reproduce
                 kind, job = running.pop(future)
                 try:
                     result = future.result()
-                except BaseException as e:  # noqa: BLE001 - the worker itself died (OOM, killed): a failure
+                except BaseException as e:  # the worker itself died (OOM, killed): a failure
                     result = {"job": job.describe(), "name": job.name, "experiment": job.experiment,
                               "status": "failed", "notebook": None, "error": f"worker lost: {_error_text(e)}",
                               "seconds": time.perf_counter() - started[future]}
@@ -663,8 +665,8 @@ def reproduce(profile: str = "cpu", only=None, seeds=None, workers=None, schedul
             pool = DaskPool(scheduler)
         interrupted = True
         try:
-            counts = ", ".join(f"{sum(j.experiment == e for j in jobs)} {e}" for e in EXPERIMENTS
-                               if any(j.experiment == e for j in jobs))
+            kinds = dict.fromkeys(j.experiment for j in jobs)
+            counts = ", ".join(f"{sum(j.experiment == e for j in jobs)} {e}" for e in kinds)
             log(f"reproduce --profile {p.name}: {len(jobs)} notebooks ({counts or 'none'}) on {pool.describe}; "
                 f"executed notebooks in {root}")
             summary = execute(jobs, pool, progress, desc=f"{p.name} grid", log=log, check_here=scheduler is None)
@@ -695,55 +697,49 @@ def reproduce(profile: str = "cpu", only=None, seeds=None, workers=None, schedul
 
 
 # ---------------------------------------------------------------------------------------------------
-# Records of a profile for the report: the notebooks' default configuration only
-
-RECORD_KINDS = {"distill": "distill", "robustness": "robustness", "transfer": "transfer"}
-
+# Records of a profile for the report: its own records, the notebooks' default configuration only
 
 def _py(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _default_keys(experiment: str, records, profile: str) -> set:
+def _default_keys(experiment: str, records, profile: str, results=None) -> set:
     """The keys among ``records`` that the experiment's notebook makes with its default options at the records'
     grid coordinates (a record of any other configuration is a variant, left out of the paper's tables)."""
+    from .experiments import plan as make_plan
     from .store import config_hash
 
+    cells = ["dataset", "per_class"] + (["setting"] if experiment == "transfer" else [])
     keys = set()
-    if experiment == "distill":
-        cells = records.groupby(["dataset", "per_class"], sort=False)
-        for (dataset, per_class), rows in cells:
-            plan = build_plan("distill", {"profile": profile, "dataset": dataset, "per_class": _py(per_class)})
-            keys |= {config_hash(plan.run_config(m, int(s))) for m, s in zip(rows["method"], rows["seed"])}
-    elif experiment == "transfer":
-        cells = records.groupby(["setting", "dataset", "per_class"], sort=False)
-        for (setting, dataset, per_class), rows in cells:
-            plan = build_plan("transfer", {"profile": profile, "setting": setting, "dataset": dataset,
-                                           "per_class": _py(per_class)})
-            keys |= {config_hash(plan.run_config(m, int(s))) for m, s in zip(rows["method"], rows["seed"])}
+    for values, rows in records.groupby(cells, sort=False):
+        plan = make_plan(experiment, profile=profile, results=results, progress=False,
+                         **{k: _py(v) for k, v in zip(cells, values)})
+        keys |= {config_hash(plan.run_config(m, int(s))) for m, s in zip(rows["method"], rows["seed"])}
     return keys
 
 
-def _robustness_curves(records, profile: str):
+def _robustness_curves(records, profile: str, results=None):
     """Table 3's measurements (route, strength, seed, sigma, draw, accuracy) of the networks that notebook 04
     trains with its default options for ``profile``, for every seed found among the records."""
     import pandas as pd
 
+    from .experiments import plan as make_plan
+
     frames = []
     for dataset, rows in records.groupby("dataset", sort=False):
-        plan = build_plan("robustness", {"profile": profile, "dataset": dataset,
-                                         "seeds": sorted({int(s) for s in rows["seed"]})})
+        plan = make_plan("robustness", profile=profile, dataset=dataset, results=results, progress=False,
+                         seeds=sorted({int(s) for s in rows["seed"]}))
         curves = plan.curves()
         if len(curves):
             frames.append(curves.assign(dataset=dataset))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def profile_records(profile: str, results=None, experiments=EXPERIMENTS) -> tuple[dict, list]:
-    """``({experiment: DataFrame}, notes)`` for every record of ``profile`` (jkt.store.load_records), keeping only
-    the notebooks' default configuration: distill and transfer one row per run; robustness one row per network,
-    sigma and noise draw (jkt.robustness's curves). Records left out, or checks that could not be made, are
-    explained in ``notes``."""
+def profile_records(profile: str, results=None, experiments=tuple(EXPERIMENTS)) -> tuple[dict, list]:
+    """``({experiment: DataFrame}, notes)`` for the records that ``profile``'s current recipe made (their identity,
+    jkt.experiments.common.identity: profile name and recipe hash), in the notebooks' default configuration:
+    distill and transfer one row per run; robustness one row per network, sigma and noise draw. ``notes`` says
+    which records were left out and why. An unreadable record, or a dataset missing here, is an error."""
     import pandas as pd
 
     from .store import load_records
@@ -752,28 +748,18 @@ def profile_records(profile: str, results=None, experiments=EXPERIMENTS) -> tupl
     tables, notes = {}, []
     with shared_datasets():
         for experiment in experiments:
-            if experiment == "robustness":  # networks are shared by profiles with the same recipe: no profile key
-                df = load_records(results, kind="robustness")
-                if len(df):
-                    try:
-                        df = _robustness_curves(df, p.name)
-                    except Exception as e:  # noqa: BLE001 - e.g. notebook 04 or the dataset missing here
-                        notes.append(f"robustness: could not read the networks' measurements ({_error_text(e)})")
-                        df = pd.DataFrame()
-                tables[experiment] = df
-                continue
-            df = load_records(results, kind=RECORD_KINDS[experiment], profile=p.name)
-            if len(df):
-                try:
-                    keep = _default_keys(experiment, df, p.name)
-                except Exception as e:  # noqa: BLE001 - e.g. the dataset is not on this machine: keep them all
-                    notes.append(f"{experiment}: could not check the records' configurations ({_error_text(e)}); "
-                                 f"all {len(df)} are used")
-                else:
-                    mask = df["key"].isin(keep)
-                    if (~mask).any():
-                        notes.append(f"{experiment}: {int((~mask).sum())} record(s) made with non-default options "
-                                     f"(e.g. from a notebook run by hand) are left out")
-                    df = df[mask].reset_index(drop=True)
+            everything = load_records(results, kind=experiment, profile=p.name)
+            df = everything[everything["recipe"] == p.recipe_hash()] if len(everything) else everything
+            if len(df) < len(everything):
+                notes.append(f"{experiment}: {len(everything) - len(df)} record(s) of an earlier {p.name} recipe "
+                             f"are left out")
+            if len(df) and experiment == "robustness":
+                df = _robustness_curves(df, p.name, results)
+            elif len(df):
+                mask = df["key"].isin(_default_keys(experiment, df, p.name, results))
+                if (~mask).any():
+                    notes.append(f"{experiment}: {int((~mask).sum())} record(s) made with non-default options "
+                                 f"(e.g. from a notebook run by hand) are left out")
+                df = df[mask].reset_index(drop=True)
             tables[experiment] = df if len(df) else pd.DataFrame()
     return tables, notes

@@ -76,7 +76,7 @@ class _BatchNormBackward(torch.autograd.Function):
             x_1 = x_1 - aw * r * gbar + aw * r * r * c * mean
         if ab is not None and weight is not None:
             gy_1 = gy_1 + ab
-        v = lambda t: _channel_view(t, dim)  # noqa: E731
+        v = lambda t: _channel_view(t, dim)
         d_gy = torch.addcmul(v(gy_1), v(gy_x), x)
         if a is not None:
             d_gy.addcmul_(v(gy_a), a)
@@ -95,7 +95,7 @@ def _composite_backward(gy, x, weight, eps):
     """The first backward written with differentiable ops (the statistics recomputed from ``x``): slower,
     but every transform (vmap, double backward) sees through it."""
     dims = [0] + list(range(2, x.dim()))
-    v = lambda t: _channel_view(t, x.dim())  # noqa: E731
+    v = lambda t: _channel_view(t, x.dim())
     rstd = torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
     xh = (x - x.mean(dims, keepdim=True)) * rstd
     gb, gw = gy.sum(dims), (gy * xh).sum(dims)

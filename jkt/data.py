@@ -6,6 +6,7 @@ CIFAR-100 at 150 MB instead of 600 MB.  Nothing here downloads unless ``download
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import math
 import numbers
@@ -424,3 +425,53 @@ class Batches:
             x = self.split.x[rows].to(self.device, non_blocking=True)
             y = self.split.y[rows].to(self.device, non_blocking=True)
             yield self.dataset.normalize(x), y, idx
+
+
+# ---- dataset surgery: class-restricted datasets, resizing on the device ------------------------------
+
+def restrict_classes(data: Dataset, classes, name: str = "classes") -> Dataset:
+    """The images of ``classes`` only (both splits), relabelled 0..k-1 in the given order, with their names.
+
+    ``name`` is the parameter named in errors (e.g. ``source_classes``)."""
+    if isinstance(classes, str) or not hasattr(classes, "__iter__"):
+        raise ValueError(f"{name}={classes!r} must be a list of class labels, e.g. [0, 1, 2, 3, 4]")
+    classes = list(classes)
+    allowed = f"integers from 0 to {data.num_classes - 1} ({data.name} has {data.num_classes} classes)"
+    if len(classes) < 2:
+        raise ValueError(f"{name}={classes!r} needs at least 2 classes; give distinct {allowed}")
+    for c in classes:
+        if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < data.num_classes:
+            raise ValueError(f"{name} entry {c!r} is not allowed; entries must be {allowed}")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{name}={classes!r} repeats a class")
+    relabel = torch.full((data.num_classes,), -1, dtype=torch.long)
+    relabel[torch.tensor(classes)] = torch.arange(len(classes))
+
+    def keep(split: Split) -> Split:
+        new = relabel[split.y.cpu()]
+        rows = (new >= 0).nonzero().flatten()
+        return Split(split.x[rows.to(split.x.device)], new[rows].to(split.y.device))
+
+    out = copy.copy(data)  # keeps the class (and a resize) of ``data``
+    out.name = f"{data.name}[{','.join(map(str, classes))}]"
+    out.train, out.test = keep(data.train), keep(data.test)
+    out.classes = [data.classes[c] for c in classes]
+    out._stats = {}
+    return out
+
+
+@dataclass
+class ResizedDataset(Dataset):
+    """A dataset stored at its own size and resized on the device, batch by batch, when normalised
+    (bilinear): CIFAR-10 at 224x224 for an ImageNet teacher without 7 GB of upsampled copies in memory."""
+    size: int = 0
+
+    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        x = super().normalize(x_uint8)
+        if tuple(x.shape[-2:]) == (self.size, self.size):
+            return x
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.size, self.size)

@@ -2,7 +2,8 @@
 
 Conventions: a term is a mean over the batch of a per-sample quantity; per-sample quantities are
 sums (over classes, over input pixels), as in the paper's formulas. ``T`` is the teacher, ``S`` the
-student, ``_s`` a softmax output. Equation numbers refer to the workshop paper (../shared/paper/).
+student, ``_s`` a softmax output. Equation numbers refer to the workshop paper (Srinivas & Fleuret, "Local
+Affine Approximators for Improving Knowledge Transfer", Sections 3-4).
 """
 from __future__ import annotations
 

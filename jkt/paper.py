@@ -1,7 +1,8 @@
 """The paper's published numbers, as tables (test accuracy in percent).
 
-Tables 1-3 are from the workshop paper with its supplementary; the transfer table from the ICML
-poster (../shared/paper/). Keys of the distillation tables are the method presets of jkt.losses.
+Tables 1-3 are from the workshop paper (Srinivas & Fleuret, "Local Affine Approximators for Improving
+Knowledge Transfer", Section 5 and the supplementary); the transfer table from the ICML 2018 poster of
+"Knowledge Transfer with Jacobian Matching". Keys of the distillation tables are the method presets of jkt.losses.
 """
 from __future__ import annotations
 

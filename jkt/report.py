@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 
 from . import paper
-from .losses import METHOD_LABELS
 
 
 def mean_std(values) -> tuple[float, float, int]:
@@ -16,24 +15,6 @@ def mean_std(values) -> tuple[float, float, int]:
 
 def fmt(mean: float, std: float, n: int) -> str:
     return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
-
-
-def distill_table(records: pd.DataFrame, methods, dataset: str, per_class, profile: str) -> pd.DataFrame:
-    """One row per method in the given (paper's) order: mean ± std of test accuracy over seeds, the seed
-    count, and the paper's number where dataset and profile are the paper's."""
-    rows = []
-    for m in methods:
-        acc = records.loc[records["method"] == m, "test_accuracy"] if len(records) else []
-        row = {"method": m, "description": METHOD_LABELS.get(m, m)}
-        if len(acc):
-            mean, std, n = mean_std(acc)
-            row.update({"accuracy": fmt(mean, std, n), "mean": mean, "std": std, "seeds": n})
-        else:
-            row.update({"accuracy": "not run", "mean": float("nan"), "std": float("nan"), "seeds": 0})
-        if profile == "paper":
-            row["paper"] = paper.distillation_number(dataset, m, per_class)
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("method")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -299,7 +280,7 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
     if len(distill):
         for dataset, part in distill.groupby("dataset", sort=False):
             per_classes = _per_class_order(part["per_class"])
-            acc = lambda m, pc: part.loc[(part["method"] == m) & (part["per_class"] == pc), "test_accuracy"]  # noqa: E731
+            acc = lambda m, pc: part.loc[(part["method"] == m) & (part["per_class"] == pc), "test_accuracy"]
             for pc in [v for v in per_classes if v != "full" and float(v) <= low_data]:
                 where = f"{dataset}, per_class {pc}"
                 for a_name in ("act+ce", "act"):
@@ -333,7 +314,7 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
                      at.loc[at["strength"] == strengths[0], "accuracy"], "close", clean_margin)
     if len(transfer):
         for (setting, pc), part in transfer.groupby(["setting", "per_class"], sort=False):
-            acc = lambda m: part.loc[part["method"] == m, "test_accuracy"]  # noqa: E731
+            acc = lambda m: part.loc[part["method"] == m, "test_accuracy"]
             where = f"{setting}, per_class {pc}"
             cell("lwf-jacobian", where, "lwf+jac", "lwf", acc("lwf+jac"), acc("lwf"), "greater")
             cell("attention-jacobian", where, "lwf+att+jac", "lwf+att", acc("lwf+att+jac"), acc("lwf+att"), "greater")

@@ -86,19 +86,24 @@ def load_record(config: dict, root=None) -> dict | None:
     return record if record.get("key") == config_hash(config) else None
 
 
+class UnreadableRecord(ValueError):
+    """A file in the records folder that is not a readable record."""
+
+
 def load_records(root=None, **where):
     """All records under ``root`` as a pandas DataFrame, one row per run: config columns, then metrics columns
-    prefixed by nothing (a metric named like a config key gets ``metric_``). ``where`` filters on config values."""
+    prefixed by nothing (a metric named like a config key gets ``metric_``). ``where`` filters on config values.
+    A file that is not a readable record raises UnreadableRecord naming it (a table must not silently lose runs)."""
     import pandas as pd
 
     rows = []
     for path in sorted(results_root(root).glob("*.json")):
         try:
             record = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            warnings.warn(f"skipping unreadable record {path}")
-            continue
-        config, metrics = record.get("config", {}), record.get("metrics", {})
+            config, metrics = record["config"], record["metrics"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise UnreadableRecord(f"{path} is not a jkt record ({type(e).__name__}: {e}); move it out of "
+                                   f"{path.parent} or delete it (its run will be redone)") from None
         if any(config.get(k) != v for k, v in where.items()):
             continue
         row = {"key": record.get("key")}
@@ -143,6 +148,6 @@ def load_checkpoint(path, map_location="cpu") -> tuple[dict, dict]:
         raise CorruptCheckpoint(f"{path}: sha256 {digest[:12]}... does not match the recorded {str(meta.get('sha256'))[:12]}...")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any read failure means the file is unusable
+    except Exception as e:  # any read failure means the file is unusable
         raise CorruptCheckpoint(f"{path}: cannot be loaded ({e})") from e
     return state, meta

@@ -109,3 +109,10 @@ def as_list(name: str, value, example: str, words: bool = False):
     if (isinstance(value, Real) and not isinstance(value, bool)) or (words and isinstance(value, str)):
         value = [value]
     return list(value) if isinstance(value, tuple) else value
+
+
+def check_per_class(name: str, value):
+    """A per-class size: an integer >= 1 or the string "full"."""
+    if not (value == "full" or (_is_int(value) and value >= 1)):
+        raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= 1 or 'full'")
+    return value if value == "full" else int(value)

@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # plain ``pytest`` as well as ``python -m pytest``
     sys.path.insert(0, str(REPO))
 
-from jkt import models  # noqa: E402
-from jkt.data import Dataset, Split  # noqa: E402
+from jkt import models
+from jkt.data import Dataset, Split
 
 os.environ["JKT_PROGRESS"] = "0"  # set at import, before any test module runs
 # One intra-op thread: the nets here are tiny, and two OpenMP threads on a shared 2-core machine make

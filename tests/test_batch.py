@@ -23,8 +23,11 @@ def test_cpu_grid_is_the_papers_tables_on_fashion_mnist(tmp_path):
     assert {(j.parameters["per_class"], j.parameters["seeds"][0]) for j in distill} == \
         {(pc, s) for pc in (1, 5, 10, 50, 100) for s in (0, 1, 2)}
     assert {j.parameters["dataset"] for j in distill} == {"fashion-mnist"}
-    assert len([j for j in jobs if j.experiment == "robustness"]) == 3
+    assert [j.parameters["seeds"] for j in jobs if j.parameters.get("routes") == ["penalty"]] == [[0], [1], [2]]
     assert len([j for j in jobs if j.experiment == "transfer"]) == 3
+    figures = [j for j in jobs if j.figures == str(tmp_path / "cpu" / "figures")]
+    assert [(j.experiment, j.parameters.get("routes")) for j in figures] == \
+        [("taylor", None), ("jacobians", None), ("robustness", None)]  # 01, 02, and 04 with its default three routes
     for j in jobs:
         assert j.parameters["profile"] == "cpu" and Path(j.notebook).exists()
         assert Path(j.output).parent == tmp_path / "cpu" / j.experiment and j.output.endswith(f"{j.name}.ipynb")
@@ -53,9 +56,19 @@ def test_bad_grid_options_are_rejected(kwargs, name):
         batch.plan(**{"profile": "cpu", **kwargs})
 
 
-def test_a_jobs_plan_is_the_one_its_notebook_makes():
-    plan = batch.build_plan("distill", {"profile": "smoke", "per_class": 3, "seeds": [4]})
+def test_a_jobs_plan_is_the_registered_plan_of_its_parameters(tmp_path):
+    job, = batch.plan("smoke", only=["distill"], out=tmp_path)
+    plan = batch.job_plan(batch.Job("distill", "x", job.notebook, dict(job.parameters, per_class=3, seeds=[4]), "x"))
     assert (plan.profile.name, plan.dataset, plan.per_class, plan.seeds) == ("smoke", "digits", 3, [4])
+    assert batch.pending_runs(batch.Job("taylor", "01", "01.ipynb", {"profile": "smoke"}, "01")) == 0
+
+
+def test_the_committed_figures_are_written_only_by_a_default_reproduction(tmp_path):
+    from jkt.plots import COMMITTED
+
+    assert batch.figures_out("cpu") == COMMITTED and batch.figures_out("paper") == COMMITTED
+    assert batch.figures_out("smoke") == batch.default_out().resolve() / "smoke" / "figures"
+    assert batch.figures_out("cpu", tmp_path) == tmp_path.resolve() / "cpu" / "figures"
 
 
 # ---- running it ---------------------------------------------------------------------------------------------
@@ -99,7 +112,7 @@ def test_smoke_reproduce_runs_the_notebook_and_the_report(sandbox, first_run):
     report = json.loads((runs / "06_reproduce.ipynb").read_text())
     text = "".join("".join(o.get("text", "")) for c in report["cells"] if c["cell_type"] == "code" for o in c["outputs"])
     assert "No robustness records" in text and "No transfer records" in text  # said, not crashed
-    assert (sandbox / "figures" / "06_distill_smoke.png").exists()
+    assert (runs / "figures" / "06_distill_smoke.png").exists()  # the report's figures: beside its notebook
     assert list((runs / "distill" / "figures").rglob("03_distill_smoke.png"))  # a job's figures stay beside it
 
 

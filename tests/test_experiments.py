@@ -5,7 +5,8 @@ import pytest
 
 from jkt import profiles, store
 from jkt.__main__ import main
-from jkt.experiments import method_objective, plan_distillation
+from jkt.experiments.distill import method_objective
+from jkt.experiments.distill import plan as plan_distillation
 from jkt.losses import PAPER_METHODS
 
 

@@ -313,7 +313,7 @@ def test_terms_normalized_jacobian_loss(make_mlp):
     assert set(terms) == {"act", "jac"}
     s_grad = per_sample_jacobians(student, x)[torch.arange(3), y].numpy()
     t = t_grad.flatten(1).numpy()
-    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
     assert math.isclose(num(terms["jac"]), np.mean(((unit(s_grad) - unit(t)) ** 2).sum(1)), rel_tol=1e-8)
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from jkt import store
 from jkt.losses import Objective
-from jkt.robustness import noise_sigma, paper_cell, plan_robustness, route_objective
+from jkt.experiments.robustness import noise_sigma, paper_cell, route_objective
+from jkt.experiments.robustness import plan as plan_robustness
 
 # A tiny grid: every route, one penalised strength, a quick schedule (digits, VGG-9 at width 1/8).
 TINY = dict(profile="smoke", routes=["penalty", "noise", "projection"], strengths=[0, 0.5], sigmas=[0, 0.2],

@@ -83,9 +83,7 @@ def test_load_records_dataframe(tmp_path):
     configs = [dict(CONFIG, seed=s, per_class=p) for s in (0, 1) for p in (10, 50)]
     for i, config in enumerate(configs):
         store.save_record(config, {"test_accuracy": 50.0 + i, "seed": 99}, root=tmp_path)
-    (tmp_path / "broken.json").write_text("{not json")
-    with pytest.warns(UserWarning, match="broken.json"):
-        frame = store.load_records(tmp_path)
+    frame = store.load_records(tmp_path)
     assert len(frame) == 4
     for column in ("key", "dataset", "arch", "width", "per_class", "seed", "objective", "test_accuracy",
                    "metric_seed"):
@@ -98,8 +96,7 @@ def test_load_records_dataframe(tmp_path):
         row = frame[frame["key"] == store.config_hash(config)].iloc[0]
         assert row["seed"] == config["seed"] and row["per_class"] == config["per_class"]
         assert json.loads(row["objective"]) == config["objective"]
-    with pytest.warns(UserWarning):
-        only = store.load_records(tmp_path, per_class=10, seed=1)
+    only = store.load_records(tmp_path, per_class=10, seed=1)
     assert len(only) == 1 and only.iloc[0]["per_class"] == 10 and only.iloc[0]["seed"] == 1
 
 
@@ -232,3 +229,11 @@ def test_checkpoint_cannot_run_code(tmp_path):
     with pytest.raises(CorruptCheckpoint):
         store.load_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"key": "x"}', "[1, 2]"])
+def test_a_file_that_is_not_a_record_is_an_error_naming_it(tmp_path, text):
+    store.save_record(CONFIG, {"test_accuracy": 50.0}, root=tmp_path)
+    (tmp_path / "broken.json").write_text(text)
+    with pytest.raises(store.UnreadableRecord, match="broken.json"):
+        store.load_records(tmp_path)

@@ -10,8 +10,10 @@ from PIL import Image
 from jkt import models, store
 from jkt.data import load
 from jkt.losses import attention_map
-from jkt.transfer import (METHODS, TeacherBatch, attention_pooled, build_student, method_objective, pair_stages,
-                          paired_gains, plan_transfer, restrict_classes, stage_sizes, transfer_table)
+from jkt.data import restrict_classes
+from jkt.experiments.transfer import METHODS, method_objective, paired_gains, transfer_table
+from jkt.experiments.transfer import plan as plan_transfer
+from jkt.lwf import TeacherBatch, attention_pooled, build_student, pair_stages, stage_sizes
 
 
 @pytest.fixture

@@ -21,16 +21,15 @@ from typing import NamedTuple
 
 import torch
 
-from . import data as jdata
-from . import models, paper, profiles, store
-from .experiments import host_info
-from .jacobian import eval_mode, input_gradient
-from .losses import Objective
-from .report import fmt
-from .train import (accuracy_under_noise, fit, peak_memory_mb, progress_bar, reset_peak_memory, resolve_device,
-                    seed_everything)
-from .validate import (as_list, check_choices, check_nonnegative_int, check_numbers, check_positive_int,
-                       check_positive_number, check_seeds)
+from .. import data as jdata
+from .. import models, paper, profiles, store
+from ..jacobian import eval_mode, input_gradient
+from ..losses import Objective
+from ..report import fmt
+from ..train import accuracy_under_noise, fit, peak_memory_mb, reset_peak_memory, resolve_device, seed_everything
+from ..validate import (as_list, check_choices, check_nonnegative_int, check_numbers, check_per_class,
+                        check_positive_int, check_positive_number, check_seeds)
+from .common import check_dataset, check_fits, identity, run_metrics, run_pending
 
 ROUTES = ("penalty", "noise", "projection")
 ROUTE_LABELS = {
@@ -122,11 +121,11 @@ class RobustnessPlan:
     def networks(self) -> list[Network]:
         return [Network(r, s, seed) for seed in self.seeds for r in self.routes for s in self.strengths]
 
-    def config(self, net: Network) -> dict:
+    def run_config(self, net: Network) -> dict:
         """Everything that determines the trained weights (not how they are tested): the record's key."""
         p = self.profile
         objective = route_objective(net.route, net.strength, self.projections)
-        return {"kind": "robustness", "dataset": self.dataset, "arch": ARCH, "width": self.width,
+        return {**identity("robustness", p, self.dataset), "arch": ARCH, "width": self.width,
                 "per_class": self.per_class, "epochs": self.epochs, "batch_size": self.batch_size,
                 "lr": p.lr, "anneal_at": p.anneal_at, "seed": net.seed, "objective": objective.to_dict()}
 
@@ -153,7 +152,7 @@ class RobustnessPlan:
 
     def status(self, net: Network) -> str:
         """``"done"``, ``"evaluate"`` (trained, saved, but not yet tested at every sigma) or ``"train"``."""
-        config = self.config(net)
+        config = self.run_config(net)
         record = store.load_record(config, self.results)
         if self._evaluated(record):
             return "done"
@@ -163,7 +162,7 @@ class RobustnessPlan:
         """The networks still to train or to test, each distinct network once (strength 0 is shared by the routes)."""
         seen, todo = set(), []
         for net in self.networks():
-            key = store.config_hash(self.config(net))
+            key = store.config_hash(self.run_config(net))
             if key not in seen:
                 seen.add(key)
                 if self.status(net) != "done":
@@ -171,17 +170,18 @@ class RobustnessPlan:
         return todo
 
     # ---- work ---------------------------------------------------------------------------------------------
-    def run(self) -> "pandas.DataFrame":  # noqa: F821
+    def prepare_teacher(self) -> dict:
+        """Nothing to prepare: the Table 3 networks learn from labels alone."""
+        return {"cached": True}
+
+    def run(self):
         """Train and test every pending network, one record each; returns this plan's records as a DataFrame."""
-        todo = self.pending()
-        bar = progress_bar(todo, self.progress, desc=f"{self.dataset} robustness")
-        for net in bar:
-            bar.set_postfix(route=net.route, strength=net.strength, seed=net.seed)
-            self._run_one(net)
+        run_pending(self.pending(), self._run_one, self.progress, f"{self.dataset} robustness",
+                    lambda n: f"{n.route}, λ={n.strength:g}, seed {n.seed}")
         return self.records()
 
     def _run_one(self, net: Network) -> dict:
-        config = self.config(net)
+        config = self.run_config(net)
         record = store.load_record(config, self.results)
         model = self._load_weights(config) if record is not None else None
         if model is None:
@@ -198,6 +198,7 @@ class RobustnessPlan:
 
     def _train(self, net: Network, config: dict):
         objective = route_objective(net.route, net.strength, self.projections)
+        start = time.perf_counter()
         train = jdata.subset(self.data.train, self.per_class, net.seed)
         seed_everything(net.seed)
         reset_peak_memory(self.device)  # per-network peaks on a GPU (on the CPU: the process's resident peak)
@@ -206,11 +207,8 @@ class RobustnessPlan:
                       lr=self.profile.lr, anneal_at=self.profile.anneal_at, device=self.device,
                       progress=self.progress, desc=f"{trained_with(net.route, net.strength, self.projections)}")
         store.save_checkpoint(self.checkpoint_path(config), model.state_dict(), {"config": config})
-        metrics = {"profile": self.profile.name, "train_seconds": history.seconds, "steps": history.steps,
-                   "n_train": len(train), "final_loss": history.loss[-1] if history.loss else None,
-                   "final_terms": history.terms[-1] if history.terms else None, "loss_curve": history.loss,
-                   "train_peak_memory_mb": peak_memory_mb(self.device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-                   **host_info(self.device)}
+        metrics = run_metrics(history, start, len(train), self.device)
+        metrics["train_peak_memory_mb"] = metrics.pop("peak_memory_mb")
         return model.eval(), metrics
 
     def _load_weights(self, config: dict):
@@ -249,7 +247,7 @@ class RobustnessPlan:
     def _records(self) -> list[tuple[Network, dict]]:
         out = []
         for net in self.networks():
-            record = store.load_record(self.config(net), self.results)
+            record = store.load_record(self.run_config(net), self.results)
             if self._evaluated(record):
                 out.append((net, record))
         return out
@@ -323,7 +321,7 @@ class RobustnessPlan:
     def describe(self) -> str:
         todo = self.pending()
         train = sum(self.status(n) == "train" for n in todo)
-        distinct = len({store.config_hash(self.config(n)) for n in self.networks()})
+        distinct = len({store.config_hash(self.run_config(n)) for n in self.networks()})
         return (f"{self.profile.name} profile: {self.dataset}, VGG-9 width {self.width:g}, {self.epochs} epochs on "
                 f"{'the full set' if self.per_class == 'full' else f'{self.per_class} images per class'}; routes "
                 f"{self.routes}, strengths {self.strengths}, {len(self.seeds)} seed(s): {distinct} networks, "
@@ -369,22 +367,19 @@ def jacobian_norms(model, dataset: jdata.Dataset, split: jdata.Split, n: int = J
     return {"label_output_sq": label / len(part), "frobenius_sq": frob / len(part), "images": len(part)}
 
 
-def plan_robustness(profile: str = "cpu", dataset: str | None = None, strengths=PAPER_STRENGTHS, sigmas=PAPER_SIGMAS,
-                    noise_draws=None, seeds=None, routes=("penalty",), device="auto", results=None, progress=True,
-                    *, width=None, epochs=None, per_class=None, test_per_class=None, batch_size=None,
-                    projections: int = 1, noise_seed: int = 0, data_root=None) -> RobustnessPlan:
+def plan(profile: str = "cpu", dataset: str | None = None, strengths=PAPER_STRENGTHS, sigmas=PAPER_SIGMAS,
+         noise_draws=None, seeds=None, routes=ROUTES, device: str = "auto", *, results=None, progress: bool = True,
+         width=None, epochs=None, per_class=None, test_per_class=None, batch_size=None, projections: int = 1,
+         noise_seed: int = 0, data_root=None) -> RobustnessPlan:
     """Validate every parameter (ValueError naming it and what is allowed), load the dataset, return the plan.
 
-    None means the profile's value: dataset, noise_draws, width/epochs/per_class (robust_*), batch_size,
-    test_per_class (robust_test_per_class when the profile has it, else "full": the whole test split);
-    seeds None means one network per strength (seed 0), as in the paper. Lists may arrive as text (papermill's ``-p``).
-    Nothing is trained or written here.
+    The positional arguments are notebook 04's parameters, with its defaults. None means the profile's value:
+    dataset, noise_draws, width/epochs/per_class (robust_*), batch_size, test_per_class (robust_test_per_class);
+    seeds None means one network per strength (seed 0), as in the paper. Lists may arrive as text (papermill's
+    ``-p``). Nothing is trained or written here.
     """
     p = profiles.get(profile)
-    dataset = p.dataset if dataset is None else dataset
-    if not isinstance(dataset, str) or not (dataset in jdata.DATASETS or dataset.startswith("imagefolder:")):
-        raise ValueError(f"dataset={dataset!r} is not allowed; choose one of {list(jdata.DATASETS)} "
-                         f"or 'imagefolder:PATH'")
+    dataset = check_dataset(p.dataset if dataset is None else dataset)
     strengths = _check_distinct("strengths", check_numbers(
         "strengths", as_list("strengths", strengths, "[0, 0.01, 0.1, 0.5, 1.0]"), minimum=0.0))
     sigmas = _check_distinct("sigmas", check_numbers(
@@ -397,21 +392,15 @@ def plan_robustness(profile: str = "cpu", dataset: str | None = None, strengths=
     batch_size = check_positive_int("batch_size", p.batch_size if batch_size is None else batch_size)
     projections = check_positive_int("projections", projections)
     noise_seed = check_nonnegative_int("noise_seed", noise_seed)
-    per_class = p.robust_per_class if per_class is None else per_class
-    if test_per_class is None:
-        test_per_class = getattr(p, "robust_test_per_class", "full")
-    for name, value in (("per_class", per_class), ("test_per_class", test_per_class)):
-        if not (value == "full" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)):
-            raise ValueError(f"{name}={value!r} is not allowed; it must be an integer >= 1 or 'full'")
+    per_class = check_per_class("per_class", p.robust_per_class if per_class is None else per_class)
+    test_per_class = check_per_class("test_per_class",
+                                     p.robust_test_per_class if test_per_class is None else test_per_class)
     try:
         device = resolve_device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device={device!r} is not allowed; use 'auto', 'cpu', 'cuda' or 'cuda:N' ({e})") from None
     data = jdata.load(dataset, root=data_root)
-    for name, value, split in (("per_class", per_class, data.train), ("test_per_class", test_per_class, data.test)):
-        try:
-            jdata.subset_indices(split, value, 0)
-        except ValueError as e:
-            raise ValueError(f"{name}={value!r}: {e}") from None
-    return RobustnessPlan(p, dataset, strengths, sigmas, noise_draws, seeds, routes, width, epochs, per_class,
+    check_fits("per_class", per_class, data.train)
+    check_fits("test_per_class", test_per_class, data.test)
+    return RobustnessPlan(p, dataset, strengths, sigmas, noise_draws, seeds, list(routes), width, epochs, per_class,
                           test_per_class, batch_size, projections, noise_seed, device, data, results, progress)
