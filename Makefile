@@ -9,9 +9,10 @@ STAMP := $(VENV)/.jkt-installed
 
 setup: $(STAMP) data
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml jkt/kernels.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	$(PY) -c "import jkt.kernels; jkt.kernels.install()"
 	touch $(STAMP)
 
 # Fashion-MNIST, offline first: Debian's package when we are root with apt, else torchvision's download.

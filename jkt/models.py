@@ -117,6 +117,23 @@ def torch_home() -> Path:
     return Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
 
 
+def require_pretrained(name: str) -> None:
+    """Raise FileNotFoundError (where it looked, how to get them) unless ``name``'s ImageNet weights are in the
+    TORCH_HOME cache."""
+    import torchvision
+
+    if name not in RESNETS:
+        raise ValueError(f"model={name!r} is not a known ResNet; allowed: {list(RESNETS)}")
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    file = torch_home() / "hub" / "checkpoints" / Path(weights.url).name
+    if not file.exists():
+        raise FileNotFoundError(
+            f"pretrained weights for {name} are not in the TORCH_HOME cache: looked for {file}.\n"
+            f"Remedies: on a machine with internet run jkt.models.build({name!r}, ..., pretrained=True, "
+            f"allow_download=True) once, or download {weights.url} and put it at {file} "
+            f"(set TORCH_HOME to use another cache folder).")
+
+
 def build_resnet(name: str, in_channels: int = 3, num_classes: int = 1000, pretrained: bool = False,
                  allow_download: bool = False, fast_batchnorm: bool = True) -> ResNet:
     """A torchvision ResNet; ``pretrained`` loads ImageNet weights from the TORCH_HOME cache (downloads only if
@@ -129,13 +146,8 @@ def build_resnet(name: str, in_channels: int = 3, num_classes: int = 1000, pretr
     weights = None
     if pretrained:
         weights = torchvision.models.get_model_weights(name).DEFAULT
-        file = torch_home() / "hub" / "checkpoints" / Path(weights.url).name
-        if not file.exists() and not allow_download:
-            raise FileNotFoundError(
-                f"pretrained weights for {name} are not in the TORCH_HOME cache: looked for {file}.\n"
-                f"Remedies: on a machine with internet run jkt.models.build({name!r}, ..., pretrained=True, "
-                f"allow_download=True) once, or download {weights.url} and put it at {file} "
-                f"(set TORCH_HOME to use another cache folder).")
+        if not allow_download:
+            require_pretrained(name)
     net = ctor(weights=weights, norm_layer=BatchNorm2d if fast_batchnorm else nn.BatchNorm2d)
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, 7, 2, 3, bias=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 
 import torch
@@ -14,7 +15,7 @@ import torch
 from .. import data as jdata
 from .. import store
 from ..profiles import Profile
-from ..train import peak_memory_mb, progress_bar
+from ..train import peak_memory_mb, progress_bar, progress_enabled
 
 
 def identity(experiment: str, profile: Profile, dataset: str) -> dict:
@@ -68,12 +69,19 @@ def run_metrics(history, start: float, n_train: int, device, **metrics) -> dict:
 
 
 def run_pending(todo: list, run_one, progress: bool, desc: str, label) -> None:
-    """``run_one(item)`` for every pending item, under one progress bar showing ``label(item)``. Each run writes
-    its own record atomically, so an interrupted loop loses at most the run in progress."""
+    """``run_one(item)`` (which returns the run's metrics) for every pending item, under one progress bar showing
+    ``label(item)``, and one plain line per finished run (what, test accuracy, seconds, runs left): a notebook
+    executed by papermill shows its widget bars nowhere, but ``papermill --log-output`` prints these lines.
+    ``progress=False`` or ``JKT_PROGRESS=0`` silences both. Each run writes its own record atomically, so an
+    interrupted loop loses at most the run in progress."""
     bar = progress_bar(todo, progress, desc=desc)
-    for item in bar:
+    for done, item in enumerate(bar, 1):
         bar.set_postfix_str(label(item))
-        run_one(item)
+        start = time.perf_counter()
+        metrics = run_one(item)
+        if progress_enabled(progress):
+            bar.write(f"{desc}: {label(item)}: test accuracy {metrics['test_accuracy']:.2f}%, "
+                      f"{time.perf_counter() - start:.1f} s, {len(todo) - done} run(s) left", file=sys.stdout)
 
 
 def records_frame(run_config, methods, seeds, results=None):

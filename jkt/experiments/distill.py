@@ -99,7 +99,7 @@ class DistillPlan:
             teacher, teacher_meta = self.teacher()
             cache = {}
             run_pending(todo, lambda ms: self._run_one(*ms, teacher, teacher_meta, cache), self.progress,
-                        f"{self.dataset} per_class={self.per_class}", lambda ms: f"{ms[0]}, seed {ms[1]}")
+                        f"distill {self.dataset} per_class={self.per_class}", lambda ms: f"{ms[0]}, seed {ms[1]}")
         return self.records()
 
     def _run_one(self, method, seed, teacher, teacher_meta, cache):

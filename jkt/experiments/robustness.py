@@ -176,7 +176,7 @@ class RobustnessPlan:
 
     def run(self):
         """Train and test every pending network, one record each; returns this plan's records as a DataFrame."""
-        run_pending(self.pending(), self._run_one, self.progress, f"{self.dataset} robustness",
+        run_pending(self.pending(), self._run_one, self.progress, f"robustness {self.dataset}",
                     lambda n: f"{n.route}, λ={n.strength:g}, seed {n.seed}")
         return self.records()
 

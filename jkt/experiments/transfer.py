@@ -31,7 +31,7 @@ from ..jacobian import eval_mode
 from ..losses import attention_map
 from ..lwf import (JACOBIAN_LOSSES, LWF_FORMS, TransferObjective, TransferTargets, build_student, pair_stages,
                    replace_head, stage_sizes, transfer_targets)
-from ..profiles import MIT67, Recipe
+from ..profiles import Recipe
 from ..report import fmt, mean_std
 from ..teachers import get_teacher, teacher_config
 from ..train import accuracy, fit, reset_peak_memory, resolve_device, seed_everything
@@ -76,19 +76,9 @@ def method_objective(method: str, lwf_form="squared", temperature=2.0, jacobian_
 def _paper_data(dataset: str, image_size: int, root) -> jdata.Dataset:
     """The paper setting's target data, normalised with ImageNet's statistics (the teacher's): image
     folders are read at image_size (resized, aspect ratio not kept, no crop); CIFAR is resized on the device."""
-    try:
-        if dataset.startswith("imagefolder:"):
-            return jdata.load(dataset, root=root, image_size=image_size)
-        data = jdata.load(dataset, root=root)
-    except FileNotFoundError as e:
-        if dataset != MIT67:
-            raise
-        raise FileNotFoundError(
-            f"{e}\nMIT Indoor 67 is never downloaded by jkt: fetch indoorCVPR_09.tar and the two split files "
-            f"TrainImages.txt and TestImages.txt from the dataset's page, and unpack them so that "
-            f"{jdata.data_root(root)}/mit-indoor-67/Images/<class>/*.jpg, .../mit-indoor-67/TrainImages.txt and "
-            f".../mit-indoor-67/TestImages.txt exist (see data/README.md). Without MIT Indoor 67, use "
-            f"dataset='cifar10'.") from None
+    if dataset.startswith("imagefolder:"):
+        return jdata.load(dataset, root=root, image_size=image_size)
+    data = jdata.load(dataset, root=root)
     mean, std = jdata.STATS["imagenet"]
     return jdata.ResizedDataset(data.name, data.train, data.test, list(data.classes), mean, std, size=image_size)
 
@@ -196,7 +186,7 @@ class TransferPlan:
             teacher, meta = self.teacher()
             cache = {}
             run_pending(todo, lambda ms: self._run_one(*ms, teacher, meta, cache, todo), self.progress,
-                        f"{self.data.name} per_class={self.per_class}", lambda ms: f"{ms[0]}, seed {ms[1]}")
+                        f"transfer {self.data.name} per_class={self.per_class}", lambda ms: f"{ms[0]}, seed {ms[1]}")
         return self.records()
 
     def _targets(self, teacher, seed, train, todo, cache) -> TransferTargets:
