@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -38,9 +39,15 @@ def cmd_reproduce(args) -> int:
 
     if args.list:
         jobs = batch.plan(args.profile, args.only, args.seeds, args.out, args.device)
+        missing = batch.missing_resources(jobs)
         for job in jobs:
-            print(f"{job.describe():48s} {job.output}  {job.parameters}")
+            lacks = sorted(f"{kind} {name}" for kind, name in batch.job_needs(job) & set(missing))
+            mark = f"  CANNOT RUN HERE: missing {', '.join(lacks)}" if lacks else ""
+            print(f"{job.describe():48s} {job.output}  {job.parameters}{mark}")
         print(f"{len(jobs)} notebooks, then {batch.report_job(args.profile, args.out).output}")
+        if missing:
+            print(f"{len(missing)} missing here: {', '.join(f'{k} {n}' for k, n in missing)} "
+                  f"(python -m jkt reproduce says how to get each)")
         return 0
     try:
         summary, report = batch.reproduce(args.profile, args.only, args.seeds, args.workers, args.scheduler, args.out,
@@ -71,8 +78,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jkt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true",
+                        help="no progress bars and no progress lines (the same as JKT_PROGRESS=0); results and "
+                             "errors are still printed")
 
-    d = sub.add_parser("distill", help="low-data distillation (Tables 1-2) for one per-class size")
+    d = sub.add_parser("distill", parents=[common], help="low-data distillation (Tables 1-2) for one per-class size")
     d.add_argument("--profile", default="cpu", help="smoke, cpu or paper (default cpu)")
     d.add_argument("--dataset", default=None, help="default: the profile's")
     d.add_argument("--per-class", type=_per_class, default=None, help="examples per class, or 'full'")
@@ -86,7 +97,7 @@ def main(argv=None) -> int:
     d.add_argument("--results", default=None, help="records folder (default results/ or $JKT_RESULTS)")
     d.set_defaults(func=cmd_distill)
 
-    r = sub.add_parser("reproduce", help="the paper's grid: notebooks 03-05 through papermill, then report notebook 06",
+    r = sub.add_parser("reproduce", parents=[common], help="the paper's grid: notebooks 03-05 through papermill, then report notebook 06",
                        description="Run every unfinished notebook of the grid (executed copies in OUT/PROFILE/), "
                                    "then notebooks/06_reproduce.ipynb. Resumable: run it again after any interruption. "
                                    "Exit code 1 when any notebook failed.")
@@ -106,12 +117,12 @@ def main(argv=None) -> int:
     r.add_argument("--list", action="store_true", help="print the planned notebooks and exit")
     r.set_defaults(func=cmd_reproduce)
 
-    g = sub.add_parser("data", help="find a dataset offline (or download it) and describe it")
+    g = sub.add_parser("data", parents=[common], help="find a dataset offline (or download it) and describe it")
     g.add_argument("name")
     g.add_argument("--download", action="store_true", help="let torchvision download it if not found")
     g.set_defaults(func=cmd_data)
 
-    b = sub.add_parser("bench", help="time every way of matching Jacobians as a multiple of one cross-entropy step",
+    b = sub.add_parser("bench", parents=[common], help="time every way of matching Jacobians as a multiple of one cross-entropy step",
                        description="One real training step of each case (VGG-4 student, VGG-9 teacher), timed "
                                    "round-robin; medians and multiples of the CE step. Table to the terminal, JSON "
                                    "to --out (or to stdout, with the table on stderr).")
@@ -129,13 +140,15 @@ def main(argv=None) -> int:
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     b.add_argument("--device", default="auto")
     b.add_argument("--out", default=None, metavar="FILE", help="write the JSON here (the table goes to stdout)")
-    b.add_argument("--quiet", action="store_true", help="no progress lines")
     b.add_argument("--figure", default=None, metavar="PATH", help="also plot the multiples to PATH (e.g. figures/bench.png)")
     b.add_argument("--load", default=None, metavar="FILE",
                    help="do not time anything: show (and with --figure plot) the JSON of an earlier run")
     b.set_defaults(func=bench_main)
 
     args = parser.parse_args(argv)
+    if args.quiet:
+        os.environ["JKT_PROGRESS"] = "0"
+    args.quiet = args.quiet or os.environ.get("JKT_PROGRESS", "1") in ("0", "false", "False", "")
     if getattr(args, "methods", 0) is None:
         from .losses import PAPER_METHODS
         args.methods = list(PAPER_METHODS)

@@ -42,6 +42,7 @@ NOTEBOOKS = {"taylor": "01_taylor_equivalence.ipynb", "jacobians": "02_jacobians
              "report": "06_reproduce.ipynb"}
 # Table 3 is the paper's penalty only; the figure job of notebook 04 runs its three routes on seed 0.
 ROBUSTNESS_ROUTES = ("penalty",)
+STATUS_EVERY = 30.0  # seconds between status lines when the progress goes to a log, not a terminal
 KERNEL_ENV_DROP = ("JKT_PROFILE",)  # the batch passes the profile explicitly; CI's override must not leak in
 
 
@@ -164,6 +165,52 @@ def job_plan(job: Job):
 def pending_runs(job: Job) -> int:
     """How many runs of ``job`` have no record yet (0 for a figure notebook, which keeps no records)."""
     return len(job_plan(job).pending()) if job.experiment in EXPERIMENTS else 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# What a grid needs that it cannot make: checked once, before any job starts
+
+def job_needs(job: Job) -> set[tuple[str, str]]:
+    """``{(kind, name)}`` that ``job``'s notebook needs and cannot train here: datasets (``"dataset"``) and
+    pretrained weights (``"weights"``). Teachers that the grid trains itself are not needs."""
+    p = profiles.get(job.parameters.get("profile", "cpu"))
+    if job.experiment == "taylor":
+        return {("dataset", "digits")}
+    if job.experiment == "transfer":
+        setting = job.parameters.get("setting", "offline")
+        recipe = p.transfer_recipe(setting)
+        needs = {("dataset", job.parameters.get("dataset") or recipe.dataset)}
+        return needs | ({("weights", recipe.teacher_arch)} if setting == "paper" else set())
+    return {("dataset", job.parameters.get("dataset") or p.dataset)}
+
+
+class MissingResources(FileNotFoundError):
+    """What a grid needs is not on this machine; the message lists each missing thing and how to get it."""
+
+
+def missing_resources(jobs: list[Job]) -> dict[tuple[str, str], str]:
+    """``{(kind, name): why and how to get it}`` for every need of ``jobs`` (job_needs) missing on this machine."""
+    from .data import require
+    from .models import require_pretrained
+
+    missing = {}
+    for kind, name in sorted(set().union(*(job_needs(j) for j in jobs))):
+        try:
+            (require if kind == "dataset" else require_pretrained)(name)
+        except FileNotFoundError as e:
+            missing[(kind, name)] = str(e)
+    return missing
+
+
+def check_resources(jobs: list[Job]) -> None:
+    """Raise MissingResources listing every missing need of ``jobs`` with its remedy (nothing is written)."""
+    missing = missing_resources(jobs)
+    if missing:
+        blocked = sum(bool(job_needs(j) & set(missing)) for j in jobs)
+        items = "\n".join(f"* {kind} {name}:\n  " + text.replace("\n", "\n  ") for (kind, name), text in missing.items())
+        raise MissingResources(f"{len(missing)} thing(s) that {blocked} of the {len(jobs)} notebooks need are not on "
+                               f"this machine; nothing was run or written. Get them, then run the same command "
+                               f"again (or leave those parts out with --only):\n{items}")
 
 
 @contextlib.contextmanager
@@ -509,8 +556,9 @@ def execute(jobs: list[Job], pool, progress: bool = True, desc: str = "reproduce
     preparing = set()
     durations = []
     env = _job_env()
-    bar = None
-    if progress_enabled(progress) and jobs:
+    bar, last_status = None, time.perf_counter()
+    on_terminal = sys.stderr.isatty()  # in a log: one line per finished job and a status line every 30 s
+    if progress_enabled(progress) and jobs and on_terminal:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(jobs), initial=len(summary.results), desc=desc, unit="nb", dynamic_ncols=True,
@@ -529,10 +577,14 @@ def execute(jobs: list[Job], pool, progress: bool = True, desc: str = "reproduce
         return _fmt_minutes(left / max(1, pool.capacity))
 
     def refresh():
+        nonlocal last_status
+        busy = sum(kind == "job" for kind, _ in running.values())
+        status = f"running {busy}, failed {summary.count('failed')}, skipped {summary.count('skipped')}, left ~{eta()}"
         if bar is not None:
-            busy = sum(kind == "job" for kind, _ in running.values())
-            bar.set_postfix_str(f"running {busy}, failed {summary.count('failed')}, "
-                                f"skipped {summary.count('skipped')}, left ~{eta()}", refresh=True)
+            bar.set_postfix_str(status, refresh=True)
+        elif progress_enabled(progress) and time.perf_counter() - last_status >= STATUS_EVERY:
+            last_status = time.perf_counter()
+            say(f"[{_fmt_minutes(last_status - start)}] {len(summary.results)}/{len(jobs)} notebooks; {status}")
 
     def next_task():
         for job in queue:
@@ -648,6 +700,7 @@ def reproduce(profile: str = "cpu", only=None, seeds=None, workers=None, schedul
     if workers is not None:
         check_positive_int("workers", workers)
     jobs = plan(p.name, only, seeds, out, device) if jobs is None else list(jobs)
+    check_resources(jobs)
     root = Path(out or default_out()).resolve() / p.name
     if os.environ.get("JKT_PROFILE") not in (None, "", p.name):
         log(f"note: JKT_PROFILE={os.environ['JKT_PROFILE']} is ignored by the batch: it runs --profile {p.name}")

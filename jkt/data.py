@@ -290,6 +290,36 @@ def _load_cifar(name: str, root: Path, download: bool) -> Dataset:
     return Dataset(name, _split(xtr, ytr), _split(xte, yte), list(classes), mean, std)
 
 
+MIT67_REMEDY = ("MIT Indoor 67 is never downloaded by jkt: fetch indoorCVPR_09.tar and the two split files "
+                "TrainImages.txt and TestImages.txt from the dataset's page, and unpack them so that "
+                "<data>/mit-indoor-67/Images/<class>/*.jpg, <data>/mit-indoor-67/TrainImages.txt and "
+                "<data>/mit-indoor-67/TestImages.txt exist (see data/README.md); without it, the transfer notebook "
+                "also takes dataset='cifar10'")
+
+
+def _imagefolder_base(name: str, root: Path) -> Path:
+    """The folder of ``imagefolder:PATH`` (absolute, or relative to the current directory or the data folder)."""
+    raw = Path(name[len("imagefolder:"):]).expanduser()
+    tries = [raw] if raw.is_absolute() else [Path.cwd() / raw, root / raw]
+    base = next((p.resolve() for p in tries if p.is_dir()), None)
+    if base is None:
+        remedies = [MIT67_REMEDY.replace("<data>", str(root))] if raw.name == "mit-indoor-67" else []
+        raise _not_found(name, [p.resolve() for p in tries], remedies + [
+            "give the path of a folder holding one sub-folder of images per class (or an Images/ "
+            "folder of those), absolute or relative to the current directory or the data folder "
+            "(<repo>/data, or set JKT_DATA=/your/dir)"])
+    return base
+
+
+def require(name: str, root=None) -> None:
+    """Raise the dataset's FileNotFoundError (where it looked, how to get it) unless ``name`` is on this machine.
+    An image folder is only looked up (not read); the other datasets are loaded."""
+    if isinstance(name, str) and name.startswith("imagefolder:"):
+        _imagefolder_base(name, data_root(root))
+    else:
+        load(name, root)
+
+
 def _load_imagefolder(name: str, root: Path, size: int) -> Dataset:
     """A folder of class sub-folders (``PATH/Images/<class>/*`` or ``PATH/<class>/*``), e.g. MIT Indoor 67.
 
@@ -300,14 +330,7 @@ def _load_imagefolder(name: str, root: Path, size: int) -> Dataset:
     (bilinear, aspect ratio not kept).  Classes are sorted by name; ImageNet statistics.
     """
     from PIL import Image
-    raw = Path(name[len("imagefolder:"):]).expanduser()
-    tries = [raw] if raw.is_absolute() else [Path.cwd() / raw, root / raw]
-    base = next((p.resolve() for p in tries if p.is_dir()), None)
-    if base is None:
-        raise _not_found(name, [p.resolve() for p in tries], [
-            "give the path of a folder holding one sub-folder of images per class (or an Images/ "
-            "folder of those), absolute or relative to the current directory or the data folder "
-            "(<repo>/data, or set JKT_DATA=/your/dir)"])
+    base = _imagefolder_base(name, root)
     images = base / "Images" if (base / "Images").is_dir() else base
     classes = sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
@@ -425,6 +448,77 @@ class Batches:
             x = self.split.x[rows].to(self.device, non_blocking=True)
             y = self.split.y[rows].to(self.device, non_blocking=True)
             yield self.dataset.normalize(x), y, idx
+
+
+class _WithIndex(torch.utils.data.Dataset):
+    """``(x, y, i)`` for item ``i`` of a dataset of ``(x, y, ...)`` items."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        item = self.dataset[i]
+        return item[0], torch.as_tensor(item[1]), i
+
+
+class _Permutations(torch.utils.data.Sampler):
+    """One ``torch.randperm`` of the items per epoch from ``generator`` (the order :class:`Batches` draws)."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = n, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=self.generator).tolist())
+
+
+class TorchBatches:
+    """Mini-batches ``(x, y, idx)`` on ``device`` from a ``torch.utils.data.Dataset`` of ``(x, y)`` items, or from a
+    ``DataLoader`` (its dataset, batch size and workers are kept): what jkt's training reads from your data.
+    ``idx`` holds the items' positions, to gather cached teacher outputs (which must then come from the same
+    items: no random augmentation). Shuffling is seeded as in :class:`Batches` (the same ``seed`` gives the same
+    order as a Batches of the same size)."""
+
+    def __init__(self, source, batch_size: int, device, shuffle: bool, seed: int | None = None):
+        from torch.utils.data import DataLoader, SequentialSampler
+
+        loader = source if isinstance(source, DataLoader) else None
+        data = _WithIndex(loader.dataset if loader is not None else source)
+        order = torch.Generator()
+        other = torch.Generator()  # the DataLoader's own draws (worker seeds) never touch the global generator
+        if seed is None:
+            order.seed()
+            other.seed()
+        else:
+            order.manual_seed(seed)
+            other.manual_seed(seed + 1)
+        sampler = _Permutations(len(data), order) if shuffle else SequentialSampler(data)
+        self.loader = DataLoader(data, batch_size=loader.batch_size if loader is not None else batch_size,
+                                 sampler=sampler, num_workers=loader.num_workers if loader is not None else 0,
+                                 generator=other)
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y, idx in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx
+
+
+def batches(source, dataset: Dataset | None, batch_size: int, device, shuffle: bool, seed: int | None = None):
+    """:class:`Batches` of a jkt ``Split`` (normalised by its jkt ``dataset``), or :class:`TorchBatches` of a
+    ``torch.utils.data.Dataset``/``DataLoader`` (whose items are already tensors; ``dataset`` unused)."""
+    if isinstance(source, Split):
+        if dataset is None:
+            raise ValueError("a jkt Split needs its jkt Dataset (for normalisation); pass dataset=")
+        return Batches(source, dataset, batch_size, device, shuffle, seed)
+    return TorchBatches(source, batch_size, device, shuffle, seed)
 
 
 # ---- dataset surgery: class-restricted datasets, resizing on the device ------------------------------

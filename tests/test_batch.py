@@ -207,3 +207,31 @@ def test_distillation_table_puts_the_paper_beside_ours_and_says_when_it_is_anoth
     verdicts = claims(pd.DataFrame(rows))[0].set_index("paper")["verdict"]
     assert set(verdicts) <= {"supported", "partly supported", "not resolved", "mixed", "contradicted", "no data"}
     assert claims()[0]["verdict"].eq("no data").all()
+
+
+def test_in_a_log_the_batch_prints_a_line_per_job_and_a_status_line_at_most_every_interval(monkeypatch):
+    """stderr is not a terminal (pytest captures it): no redrawn bar, one line per finished job, status lines."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fake_run(job, env, check):
+        time.sleep(0.3)
+        return {"job": job.describe(), "name": job.name, "experiment": job.experiment, "status": "done",
+                "notebook": job.output, "error": None, "seconds": 0.3}
+
+    class Pool:
+        capacity, executor = 1, ThreadPoolExecutor(1)
+
+    monkeypatch.setattr(batch, "run_job", fake_run)
+    monkeypatch.setattr(batch, "STATUS_EVERY", 0.0)
+    monkeypatch.delenv("JKT_PROGRESS", raising=False)
+    jobs = [batch.Job("taylor", f"nb{i}", "x.ipynb", {"profile": "smoke"}, f"/nonexistent/nb{i}.ipynb")
+            for i in range(3)]
+    lines = []
+    summary = batch.execute(jobs, Pool(), progress=True, log=lines.append)
+    Pool.executor.shutdown()
+    assert summary.count("done") == 3
+    assert [ln.split()[1] for ln in lines if ln.startswith("done")] == ["taylor/nb0", "taylor/nb1", "taylor/nb2"]
+    status = [ln for ln in lines if "notebooks; running" in ln]
+    assert status and all("left ~" in ln for ln in status)
+    assert not any("|" in ln for ln in lines)  # no progress bar drawn into the log
