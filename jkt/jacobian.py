@@ -42,6 +42,8 @@ def output_and_input_gradient(model: nn.Module, x: torch.Tensor, index, create_g
     With ``create_graph=True`` (the student side) ``grad`` is differentiable with respect to the
     model's parameters, so a loss on it can be back-propagated (double backpropagation) and ``logits``
     can feed the other loss terms. With ``create_graph=False`` (the teacher side) nothing is kept.
+    ``x`` is detached first: the gradient is taken with respect to ``x`` as a new leaf, so no gradient of any
+    loss on these outputs flows back into whatever computed ``x`` (e.g. a differentiable augmentation).
     """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():

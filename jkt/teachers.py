@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import models
-from .data import Batches, Dataset, Split, data_root
+from .data import Dataset, Split, batches, data_root
 from .jacobian import eval_mode, full_jacobian, output_and_input_gradient
 from .losses import preset
 from .store import CorruptCheckpoint, config_hash, load_checkpoint, save_checkpoint
@@ -71,14 +71,17 @@ def get_teacher(data: Dataset, train: Split, config: dict, device="auto", root=N
     return model.eval(), dict(meta, cached=False, path=str(path))
 
 
-def teacher_targets(teacher: nn.Module, data: Dataset, split: Split, jacobian_output: str = "target",
+def teacher_targets(teacher: nn.Module, data: Dataset | None, split, jacobian_output: str = "target",
                     with_gradients: bool = True, batch_size: int = 256, device="auto") -> TeacherTargets:
     """The teacher's logits on every row of ``split`` and, with ``with_gradients``, the input gradient of
     the output that the student will match (the label for "target", the teacher's arg-max for "top1"),
     in eval mode (exact per-sample gradients), held on ``device`` for the whole training run.
-    ``jacobian_output="all"`` caches the full Jacobians (K times the memory of one gradient)."""
+    ``jacobian_output="all"`` caches the full Jacobians (K times the memory of one gradient).
+    ``split``: a jkt ``Split`` of ``data``, or a ``torch.utils.data.Dataset``/``DataLoader`` of ``(x, y)``
+    tensors (``data`` None) whose items do not change between epochs (no random augmentation): row i of the
+    cache is item i. Pass the same object to :func:`jkt.train.fit`."""
     device = resolve_device(device)
-    if with_gradients and jacobian_output == "all":
+    if with_gradients and jacobian_output == "all" and isinstance(split, Split):
         need = len(split) * data.num_classes * data.in_channels * data.image_size[0] * data.image_size[1] * 4
         if need > 4 * HOLD_ON_DEVICE_BYTES:
             raise ValueError(f"the teacher's full Jacobians on {len(split)} images would take {need / 2 ** 30:.1f} GiB; "
@@ -86,7 +89,7 @@ def teacher_targets(teacher: nn.Module, data: Dataset, split: Split, jacobian_ou
                              f"jacobian_output='target'")
     logits, grads, index = [], [], []
     with eval_mode(teacher.to(device)):
-        for x, y, _ in Batches(split, data, batch_size, device, shuffle=False):
+        for x, y, _ in batches(split, data, batch_size, device, shuffle=False):
             which = y if jacobian_output == "target" else "top1"
             if with_gradients and jacobian_output == "all":
                 with torch.no_grad():

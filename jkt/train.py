@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .data import Batches, Dataset, Split, add_noise
+from .data import batches as jdata_batches
 from .losses import Objective
 from .validate import check_nonnegative_int, check_number, check_positive_int, check_sigma
 
@@ -110,11 +111,14 @@ def anneal_epoch(epochs: int, anneal_at: float = 0.8) -> int:
     return int(round(anneal_at * epochs))
 
 
-def fit(model: nn.Module, dataset: Dataset, split: Split, objective: Objective, epochs: int,
+def fit(model: nn.Module, dataset: Dataset | None, split, objective: Objective, epochs: int,
         batch_size: int, seed: int = 0, lr: float = 1e-3, anneal_at: float = 0.8, device="auto",
         teacher_targets: TeacherTargets | None = None, teacher: nn.Module | None = None,
         progress: bool = True, desc: str = "train") -> History:
     """Train ``model`` in place on ``split`` with ``objective``; returns the per-epoch history.
+
+    ``split``: a jkt ``Split`` of ``dataset`` (uint8 images, normalised per batch), or your own
+    ``torch.utils.data.Dataset``/``DataLoader`` of ``(x, y)`` tensors (then ``dataset`` may be None).
 
     ``teacher_targets`` serves the teacher's logits and gradients from memory (no teacher cost per
     epoch); ``teacher`` is needed only for objectives that run the teacher online (noisy inputs).
@@ -127,11 +131,11 @@ def fit(model: nn.Module, dataset: Dataset, split: Split, objective: Objective, 
     if objective.needs_teacher and teacher_targets is None:
         raise ValueError(f"the objective {objective} matches a teacher: pass teacher_targets")
     model.to(device).train()
-    if split.x.numel() <= HOLD_ON_DEVICE_BYTES:  # small sets live on the device: no copies in the loop
+    if isinstance(split, Split) and split.x.numel() <= HOLD_ON_DEVICE_BYTES:  # small sets live on the device
         split = split.to(device)
     optimizer = make_optimizer(model, lr)
     params = [p for p in model.parameters() if p.requires_grad]
-    batches = Batches(split, dataset, batch_size, device, shuffle=True, seed=seed)
+    batches = jdata_batches(split, dataset, batch_size, device, shuffle=True, seed=seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1_000_003)
     history, start, drop = History(), time.perf_counter(), anneal_epoch(epochs, anneal_at)
     bar = progress_bar(range(epochs), progress, desc=desc)
