@@ -130,7 +130,14 @@ def main(argv=None) -> int:
                    help="cpu: the cpu profile's widths; full: the paper's (default both)")
     b.add_argument("--cases", nargs="+", default=None, metavar="CASE",
                    help="a subset of: " + ", ".join(CASES))
-    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--batch-size", type=int, nargs="+", default=[128], metavar="B",
+                   help="one or more batch sizes (the low-data cells train on 10 to 100; default 128)")
+    b.add_argument("--runs", action="store_true",
+                   help="instead of single steps: whole cpu-profile student runs in parts (set-up, teacher targets, "
+                        "training, evaluation) and runs per hour, at --per-class sizes")
+    b.add_argument("--per-class", type=int, nargs="+", default=[1, 5, 10, 50], metavar="N")
+    b.add_argument("--baseline", default=None, metavar="REV",
+                   help="with --runs: also time git revision REV (a worktree under runs/), round-robin with this tree")
     b.add_argument("--image-size", type=int, default=32)
     b.add_argument("--channels", type=int, default=3)
     b.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")

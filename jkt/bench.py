@@ -297,7 +297,7 @@ def plot(result: dict):
         xs = [rows[c].get("x_ce", float("nan")) for c in cases]
         s = w["setup"]
         bars = ax.barh(ys, xs, height, label=f"{s['width']} widths (student {s['student_width']:g}, "
-                                               f"teacher {s['teacher_width']:g})")
+                                               f"teacher {s['teacher_width']:g}), batch {s['batch_size']}")
         ax.bar_label(bars, labels=[f"{x:.2f}" for x in xs], padding=2, fontsize=8)
     ax.set_yticks([j + height * (len(widths_) - 1) / 2 for j in range(len(cases))], cases)
     ax.invert_yaxis()
@@ -309,25 +309,28 @@ def plot(result: dict):
     ax.axvline(1.0, color="k", lw=0.8)
     h = result["host"]
     ax.set_xlabel("time of one training step / time of one cross-entropy step (log scale)")
-    ax.set_title(f"python -m jkt bench: batch {widths_[0]['setup']['batch_size']}, {h['processor']} x{h['cpu_count']}, "
+    ax.set_title(f"python -m jkt bench: {h['processor']} x{h['cpu_count']}, "
                  f"{h['torch_threads']} thread(s), {result['device']}, {h['date'][:10]}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def benchmark(widths_=("cpu", "full"), cases=None, batch_size: int = 128, image_size: int = 32, channels: int = 3,
+def benchmark(widths_=("cpu", "full"), cases=None, batch_sizes=(128,), image_size: int = 32, channels: int = 3,
               repeats: int = 5, warmup: int = 1, device="auto", seeds: int = 3, progress=None) -> dict:
-    """:func:`run` and (``seeds`` >= 2) :func:`seed_stacking` at each width, with the host recorded."""
+    """:func:`run` and (``seeds`` >= 2) :func:`seed_stacking` at each width and batch size, with the host
+    recorded. The low-data cells of the grid train on batches of 10 to 100 (per_class 1 to 10 of 10 classes)."""
     check_choices("widths", list(widths_), WIDTHS)
+    batch_sizes = [check_positive_int("batch size", b) for b in ([batch_sizes] if isinstance(batch_sizes, int)
+                                                                  else batch_sizes)]
     out = {"host": host(), "device": str(resolve_device(device)), "repeats": repeats, "warmup": warmup,
            "widths": []}
     for w in widths_:
-        result = run(w, cases, batch_size, image_size, channels, repeats, warmup, device, progress=progress)
-        if seeds >= 2:
-            result["seed_stacking"] = seed_stacking(seeds, w, batch_size, image_size, channels, repeats, device,
-                                                    progress)
-        out["widths"].append(result)
+        for b in batch_sizes:
+            result = run(w, cases, b, image_size, channels, repeats, warmup, device, progress=progress)
+            if seeds >= 2:
+                result["seed_stacking"] = seed_stacking(seeds, w, b, image_size, channels, repeats, device, progress)
+            out["widths"].append(result)
     return out
 
 
@@ -338,6 +341,18 @@ def main(args) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.quiet else None
+        if args.runs:
+            from . import bench_run
+
+            result = bench_run.compare(args.per_class, repeats=args.repeats, baseline=args.baseline,
+                                       threads=args.threads or 1, progress=say)
+            text = bench_run.table(result)
+            if args.out:
+                from .store import atomic_write_text
+
+                atomic_write_text(args.out, json.dumps(result, indent=1))
+            print(text)
+            return 0
         result = benchmark(args.widths, args.cases, args.batch_size, args.image_size, args.channels, args.repeats,
                            args.warmup, args.device, args.seeds, progress=say)
     if args.figure:

@@ -293,3 +293,31 @@ def test_bench_load_and_figure(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "figs" / "bench_test.png").stat().st_size > 0
     assert json.loads(captured.out) == json.loads(out.read_text())
     assert "act" in captured.err
+
+
+def test_bench_times_several_batch_sizes(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--widths", "cpu", "--cases", "jac/cached", "--batch-size", "2", "3", "--image-size", "8",
+                 "--channels", "1", "--repeats", "1", "--warmup", "0", "--seeds", "0", "--quiet",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [w["setup"]["batch_size"] for w in result["widths"]] == [2, 3]
+    assert all(r["x_ce"] > 0 for w in result["widths"] for r in w["rows"])
+
+
+def test_a_whole_run_is_timed_in_parts_in_its_own_process():
+    """One cpu-profile run at per_class 1 (10 images, 200 steps, the 10,000 test images) of this tree."""
+    from jkt import bench_run
+    from jkt.data import require
+
+    try:
+        require("fashion-mnist")
+    except FileNotFoundError as e:
+        pytest.skip(f"Fashion-MNIST is not on this machine (make setup installs it): {e}")
+
+    result = bench_run.compare(per_class=(1,), repeats=1)
+    row = result["sides"]["this"]["1"]
+    assert set(bench_run.PARTS) <= set(row) and all(row[p] > 0 for p in bench_run.PARTS)
+    assert abs(row["total"] - sum(row[p] for p in bench_run.PARTS)) < 1e-9
+    assert 0 <= row["test_accuracy"] <= 100 and row["runs_per_hour"] == pytest.approx(3600 / row["total"])
+    assert "per_class" in bench_run.table(result)
