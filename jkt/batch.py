@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import threading
 import time
 import uuid
 from concurrent.futures import FIRST_COMPLETED, wait
@@ -30,11 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import profiles
+from .data import shared_loads
 from .experiments import EXPERIMENTS
 from .experiments import NOTEBOOKS as EXPERIMENT_NOTEBOOKS
 from .plots import COMMITTED as COMMITTED_FIGURES
 from .store import REPO
 from .validate import check_choices, check_positive_int
+from .workers import DaskPool, LocalPool, default_workers, gpu_ids, threads_per_job
 
 PARTS = (*EXPERIMENTS, "figures")  # what --only chooses from
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -213,27 +214,6 @@ def check_resources(jobs: list[Job]) -> None:
                                f"again (or leave those parts out with --only):\n{items}")
 
 
-@contextlib.contextmanager
-def shared_datasets():
-    """Inside: ``jkt.data.load`` returns one in-memory copy per dataset (plans for many grid cells load it once).
-    It patches the module: use it from one thread only (the report notebook does)."""
-    from . import data
-
-    original, cache = data.load, {}
-
-    def load(name, root=None, download=False, image_size=None):
-        key = (name, str(root), image_size)
-        if key not in cache:
-            cache[key] = original(name, root=root, download=download, image_size=image_size)
-        return cache[key]
-
-    data.load = load
-    try:
-        yield
-    finally:
-        data.load = original
-
-
 # ---------------------------------------------------------------------------------------------------
 # Running one job (in a worker process, or a Dask worker thread)
 
@@ -254,13 +234,6 @@ def _environment(env: dict):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def threads_per_job(jobs_at_once: int) -> int:
-    """cores // jobs running at once on this machine, and never more than ``$OMP_NUM_THREADS`` when it is set."""
-    threads = max(1, available_cores() // max(1, jobs_at_once))
-    cap = os.environ.get("OMP_NUM_THREADS", "")
-    return max(1, min(threads, int(cap))) if cap.isdigit() else threads
 
 
 def _worker_threads() -> int:
@@ -360,123 +333,6 @@ def _execute(job: Job, out: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Workers: a local process pool (GPU-pinned) or a Dask cluster, both as a concurrent.futures.Executor
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def gpu_ids() -> list[str]:
-    """The GPUs this process may use: ``$CUDA_VISIBLE_DEVICES`` when set, else every device torch sees."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # no usable CUDA: no GPUs
-        return []
-
-
-def default_workers(gpus=None) -> int:
-    """One worker per GPU; on CPUs one per core (small nets run best on one thread each), at most one per
-    2 GB of available memory (a notebook kernel holds its dataset and nets)."""
-    gpus = gpu_ids() if gpus is None else gpus
-    if gpus:
-        return len(gpus)
-    workers = available_cores()
-    try:
-        import psutil
-
-        workers = min(workers, max(1, psutil.virtual_memory().available // (2 * 2 ** 30)))
-    except ImportError:
-        pass
-    return max(1, workers)
-
-
-_SLOT = None
-
-
-def worker_env(slot: int, gpus: list[str], threads: int) -> dict:
-    """The environment of local worker number ``slot``: its own GPU (round robin when there are more workers
-    than GPUs) and ``threads`` torch threads; the notebook kernels it starts inherit it."""
-    env = {"JKT_WORKER_THREADS": str(threads), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    return env
-
-
-def _init_worker(counter, gpus, threads, parent, log):
-    """Local pool worker: take a slot, pin to its GPU, set threads, send the kernels' chatter to ``log``, and
-    die with the parent (so a killed batch leaves no orphans: the kernels die with their worker)."""
-    global _SLOT
-    with counter.get_lock():
-        _SLOT = counter.value
-        counter.value += 1
-    if log:
-        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 2)  # the kernels inherit it: their warnings do not cover the progress bar
-        os.close(fd)
-    os.environ.update(worker_env(_SLOT, gpus, threads))
-
-    def watch():
-        while True:
-            if os.getppid() != parent:
-                os._exit(1)
-            time.sleep(1.0)
-
-    threading.Thread(target=watch, daemon=True, name="jkt-parent-watch").start()
-
-
-class LocalPool:
-    """A spawn-context ProcessPoolExecutor of ``workers`` processes, GPU-pinned when GPUs exist."""
-
-    def __init__(self, workers: int, gpus: list[str], threads: int, log=None):
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        ctx = mp.get_context("spawn")
-        self.capacity = workers
-        self._make = lambda: ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                                 initargs=(ctx.Value("i", 0), gpus, threads, os.getpid(),
-                                                           None if log is None else str(log)))
-        self.executor = self._make()
-        self.describe = (f"{workers} local worker{'s' if workers > 1 else ''}, "
-                         + (f"GPUs {','.join(gpus)}" if gpus else f"{threads} thread{'s' if threads > 1 else ''} each"))
-
-    def restart(self):
-        """A worker died (killed, out of memory): the pool is broken; start a fresh one for the remaining jobs."""
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.executor = self._make()
-
-    def close(self, cancel=False):
-        self.executor.shutdown(wait=not cancel, cancel_futures=cancel)
-
-
-class DaskPool:
-    """``Client(scheduler).get_executor()``: the same Executor interface on a Dask cluster. Workers must see
-    the same files (repository, data, results, ``--out``); GPU pinning is the cluster's (e.g. dask-cuda)."""
-
-    def __init__(self, scheduler):
-        from distributed import Client
-
-        self.client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-        self.own_client = not isinstance(scheduler, Client)
-        self.executor = self.client.get_executor(pure=False)
-        self.capacity = max(1, sum(self.client.nthreads().values()))
-        self.describe = f"Dask scheduler {self.client.scheduler.address}, {self.capacity} worker thread(s)"
-
-    def close(self, cancel=False):
-        self.executor.shutdown(wait=not cancel)
-        if self.own_client:
-            self.client.close()
-
-
-# ---------------------------------------------------------------------------------------------------
 # Execution of a job list: throttled submission, teacher groups, progress, failures
 
 @dataclass
@@ -516,7 +372,7 @@ def finished(jobs: list[Job]) -> tuple[list[dict], list[Job]]:
     """``(results of the finished jobs, the other jobs)``: a job is finished when its executed notebook exists
     and its plan has no pending run (checked here, in this process, loading each dataset once)."""
     done, todo = [], []
-    with shared_datasets():
+    with shared_loads():
         for job in jobs:
             start = time.perf_counter()
             try:
@@ -747,72 +603,3 @@ def reproduce(profile: str = "cpu", only=None, seeds=None, workers=None, schedul
             log(f"report: {report_result['notebook']}"
                 + (" (up to date)" if report_result["status"] == "skipped" else ""))
     return summary, report_result
-
-
-# ---------------------------------------------------------------------------------------------------
-# Records of a profile for the report: its own records, the notebooks' default configuration only
-
-def _py(value):
-    return value.item() if hasattr(value, "item") else value
-
-
-def _default_keys(experiment: str, records, profile: str, results=None) -> set:
-    """The keys among ``records`` that the experiment's notebook makes with its default options at the records'
-    grid coordinates (a record of any other configuration is a variant, left out of the paper's tables)."""
-    from .experiments import plan as make_plan
-    from .store import config_hash
-
-    cells = ["dataset", "per_class"] + (["setting"] if experiment == "transfer" else [])
-    keys = set()
-    for values, rows in records.groupby(cells, sort=False):
-        plan = make_plan(experiment, profile=profile, results=results, progress=False,
-                         **{k: _py(v) for k, v in zip(cells, values)})
-        keys |= {config_hash(plan.run_config(m, int(s))) for m, s in zip(rows["method"], rows["seed"])}
-    return keys
-
-
-def _robustness_curves(records, profile: str, results=None):
-    """Table 3's measurements (route, strength, seed, sigma, draw, accuracy) of the networks that notebook 04
-    trains with its default options for ``profile``, for every seed found among the records."""
-    import pandas as pd
-
-    from .experiments import plan as make_plan
-
-    frames = []
-    for dataset, rows in records.groupby("dataset", sort=False):
-        plan = make_plan("robustness", profile=profile, dataset=dataset, results=results, progress=False,
-                         seeds=sorted({int(s) for s in rows["seed"]}))
-        curves = plan.curves()
-        if len(curves):
-            frames.append(curves.assign(dataset=dataset))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def profile_records(profile: str, results=None, experiments=tuple(EXPERIMENTS)) -> tuple[dict, list]:
-    """``({experiment: DataFrame}, notes)`` for the records that ``profile``'s current recipe made (their identity,
-    jkt.experiments.common.identity: profile name and recipe hash), in the notebooks' default configuration:
-    distill and transfer one row per run; robustness one row per network, sigma and noise draw. ``notes`` says
-    which records were left out and why. An unreadable record, or a dataset missing here, is an error."""
-    import pandas as pd
-
-    from .store import load_records
-
-    p = profiles.get(profile)
-    tables, notes = {}, []
-    with shared_datasets():
-        for experiment in experiments:
-            everything = load_records(results, kind=experiment, profile=p.name)
-            df = everything[everything["recipe"] == p.recipe_hash()] if len(everything) else everything
-            if len(df) < len(everything):
-                notes.append(f"{experiment}: {len(everything) - len(df)} record(s) of an earlier {p.name} recipe "
-                             f"are left out")
-            if len(df) and experiment == "robustness":
-                df = _robustness_curves(df, p.name, results)
-            elif len(df):
-                mask = df["key"].isin(_default_keys(experiment, df, p.name, results))
-                if (~mask).any():
-                    notes.append(f"{experiment}: {int((~mask).sum())} record(s) made with non-default options "
-                                 f"(e.g. from a notebook run by hand) are left out")
-                df = df[mask].reset_index(drop=True)
-            tables[experiment] = df if len(df) else pd.DataFrame()
-    return tables, notes

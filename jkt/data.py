@@ -6,6 +6,7 @@ CIFAR-100 at 150 MB instead of 600 MB.  Nothing here downloads unless ``download
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import math
@@ -569,3 +570,23 @@ class ResizedDataset(Dataset):
     @property
     def image_size(self) -> tuple[int, int]:
         return (self.size, self.size)
+
+
+@contextlib.contextmanager
+def shared_loads():
+    """Inside: ``jkt.data.load`` returns one in-memory copy per dataset (plans for many grid cells load it once).
+    It patches the module: use it from one thread only (the report notebook does)."""
+    global load
+    original, cache = load, {}
+
+    def cached(name, root=None, download=False, image_size=None):
+        key = (name, str(root), image_size)
+        if key not in cache:
+            cache[key] = original(name, root=root, download=download, image_size=image_size)
+        return cache[key]
+
+    load = cached
+    try:
+        yield
+    finally:
+        load = original

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jkt import batch, store
+from jkt import batch, store, workers
 from jkt.__main__ import main
 
 SMOKE_RUN = ["reproduce", "--profile", "smoke", "--only", "distill", "--workers", "1"]
@@ -161,15 +161,15 @@ def test_on_a_dask_cluster_a_killed_grid_resumes_and_a_failing_notebook_does_not
 
 def test_each_local_worker_gets_its_own_gpu_and_a_share_of_the_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert batch.threads_per_job(1) == batch.available_cores()
+    assert workers.threads_per_job(1) == workers.available_cores()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert batch.threads_per_job(1) == 1
-    envs = [batch.worker_env(slot, ["3", "5"], 4) for slot in range(3)]
+    assert workers.threads_per_job(1) == 1
+    envs = [workers.worker_env(slot, ["3", "5"], 4) for slot in range(3)]
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["3", "5", "3"]
     assert all(e["OMP_NUM_THREADS"] == "4" for e in envs)
-    assert "CUDA_VISIBLE_DEVICES" not in batch.worker_env(0, [], 1)
+    assert "CUDA_VISIBLE_DEVICES" not in workers.worker_env(0, [], 1)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,7")
-    assert batch.gpu_ids() == ["2", "7"] and batch.default_workers() == 2
+    assert workers.gpu_ids() == ["2", "7"] and workers.default_workers() == 2
 
 
 # ---- the report's statistics -------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 
-from jkt import batch, profiles, report, store
+from jkt import profiles, records, report, store
 from jkt.experiments import distill, robustness
 
 SMALL = dict(strengths=[0, 0.1], routes=["penalty"], progress=False)
@@ -40,7 +40,7 @@ def test_a_cpu_report_after_smoke_runs_reads_cpu_networks_only(tmp_path, cpu_sta
     cpu.run()
     assert len(store.load_records(tmp_path, kind="robustness")) == 4  # two of each profile in one folder
 
-    tables, notes = batch.profile_records("cpu", results=tmp_path)
+    tables, notes = records.profile_records("cpu", results=tmp_path)
     ours = tables["robustness"].query("route == 'penalty'").drop(columns="dataset").reset_index(drop=True)
     pd.testing.assert_frame_equal(ours, cpu.curves().reset_index(drop=True))  # the cpu networks' measurements
     assert not ours["accuracy"].equals(smoke.curves()["accuracy"])  # which differ from the smoke networks'
@@ -51,11 +51,11 @@ def test_a_cpu_report_after_smoke_runs_reads_cpu_networks_only(tmp_path, cpu_sta
 def test_records_of_an_earlier_recipe_are_left_out_and_said(tmp_path, cpu_standin, monkeypatch):
     distill.plan("cpu", methods=["ce"], results=tmp_path, progress=False).run()
     monkeypatch.setitem(profiles.PROFILES, "cpu", replace(cpu_standin, student_steps=6))
-    tables, notes = batch.profile_records("cpu", results=tmp_path)
+    tables, notes = records.profile_records("cpu", results=tmp_path)
     assert len(tables["distill"]) == 0 and notes == ["distill: 1 record(s) of an earlier cpu recipe are left out"]
 
 
 def test_an_unreadable_record_stops_the_report_naming_it(tmp_path):
     (tmp_path / "0123456789abcdef.json").write_text('{"key": "0123')
     with pytest.raises(store.UnreadableRecord, match="0123456789abcdef.json"):
-        batch.profile_records("smoke", results=tmp_path)
+        records.profile_records("smoke", results=tmp_path)
