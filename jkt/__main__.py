@@ -35,13 +35,13 @@ def cmd_distill(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from . import batch
+    from . import batch, resources
 
     if args.list:
         jobs = batch.plan(args.profile, args.only, args.seeds, args.out, args.device)
-        missing = batch.missing_resources(jobs)
+        missing = resources.missing_resources(jobs)
         for job in jobs:
-            lacks = sorted(f"{kind} {name}" for kind, name in batch.job_needs(job) & set(missing))
+            lacks = sorted(f"{kind} {name}" for kind, name in resources.job_needs(job) & set(missing))
             mark = f"  CANNOT RUN HERE: missing {', '.join(lacks)}" if lacks else ""
             print(f"{job.describe():48s} {job.output}  {job.parameters}{mark}")
         print(f"{len(jobs)} notebooks, then {batch.report_job(args.profile, args.out).output}")

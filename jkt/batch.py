@@ -30,6 +30,7 @@ from pathlib import Path
 
 from . import profiles
 from .data import shared_loads
+from .resources import check_resources
 from .experiments import EXPERIMENTS
 from .experiments import NOTEBOOKS as EXPERIMENT_NOTEBOOKS
 from .plots import COMMITTED as COMMITTED_FIGURES
@@ -166,52 +167,6 @@ def job_plan(job: Job):
 def pending_runs(job: Job) -> int:
     """How many runs of ``job`` have no record yet (0 for a figure notebook, which keeps no records)."""
     return len(job_plan(job).pending()) if job.experiment in EXPERIMENTS else 0
-
-
-# ---------------------------------------------------------------------------------------------------
-# What a grid needs that it cannot make: checked once, before any job starts
-
-def job_needs(job: Job) -> set[tuple[str, str]]:
-    """``{(kind, name)}`` that ``job``'s notebook needs and cannot train here: datasets (``"dataset"``) and
-    pretrained weights (``"weights"``). Teachers that the grid trains itself are not needs."""
-    p = profiles.get(job.parameters.get("profile", "cpu"))
-    if job.experiment == "taylor":
-        return {("dataset", "digits")}
-    if job.experiment == "transfer":
-        setting = job.parameters.get("setting", "offline")
-        recipe = p.transfer_recipe(setting)
-        needs = {("dataset", job.parameters.get("dataset") or recipe.dataset)}
-        return needs | ({("weights", recipe.teacher_arch)} if setting == "paper" else set())
-    return {("dataset", job.parameters.get("dataset") or p.dataset)}
-
-
-class MissingResources(FileNotFoundError):
-    """What a grid needs is not on this machine; the message lists each missing thing and how to get it."""
-
-
-def missing_resources(jobs: list[Job]) -> dict[tuple[str, str], str]:
-    """``{(kind, name): why and how to get it}`` for every need of ``jobs`` (job_needs) missing on this machine."""
-    from .data import require
-    from .models import require_pretrained
-
-    missing = {}
-    for kind, name in sorted(set().union(*(job_needs(j) for j in jobs))):
-        try:
-            (require if kind == "dataset" else require_pretrained)(name)
-        except FileNotFoundError as e:
-            missing[(kind, name)] = str(e)
-    return missing
-
-
-def check_resources(jobs: list[Job]) -> None:
-    """Raise MissingResources listing every missing need of ``jobs`` with its remedy (nothing is written)."""
-    missing = missing_resources(jobs)
-    if missing:
-        blocked = sum(bool(job_needs(j) & set(missing)) for j in jobs)
-        items = "\n".join(f"* {kind} {name}:\n  " + text.replace("\n", "\n  ") for (kind, name), text in missing.items())
-        raise MissingResources(f"{len(missing)} thing(s) that {blocked} of the {len(jobs)} notebooks need are not on "
-                               f"this machine; nothing was run or written. Get them, then run the same command "
-                               f"again (or leave those parts out with --only):\n{items}")
 
 
 # ---------------------------------------------------------------------------------------------------
