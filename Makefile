@@ -34,3 +34,18 @@ test: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+.PHONY: lab book
+
+# JupyterLab on the project's environment, on this machine only (127.0.0.1): open the URL it prints.
+LAB_PORT ?= 8888
+lab: $(STAMP)
+	$(PY) -m jupyterlab --ServerApp.open_browser=False --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
+	  --ServerApp.root_dir="$(CURDIR)" --FileContentsManager.preferred_dir=notebooks \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# The executed notebooks of the last reproduction as a static site that reads offline: open $(BOOK)/index.html.
+RUNS ?= runs/cpu
+BOOK ?= docs
+book: $(STAMP)
+	$(PY) -m jkt.book $(RUNS) --out $(BOOK)
