@@ -1,7 +1,6 @@
 """Tables beside the paper's numbers, and the paper's claims tested on ours across seeds (notebooks 03 and 06)."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from . import paper
@@ -20,7 +19,6 @@ def fmt(mean: float, std: float, n: int) -> str:
 # ---------------------------------------------------------------------------------------------------
 # The batch report (notebook 06): tables beside the paper for every record of a profile, claim verdicts
 
-VERDICTS = ("supported", "partly supported", "not resolved", "mixed", "contradicted", "no data")
 PAPER_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
@@ -147,100 +145,8 @@ def _num_classes(records: pd.DataFrame):
     return int(round(float((rows["n_train"] / rows["per_class"].astype(float)).median())))
 
 
-# ---- statistics across seeds ------------------------------------------------------------------------------
-
-def _welch(a, b, alternative="two-sided", shift=0.0) -> float:
-    """p-value of Welch's t-test on ``a - shift`` against ``b`` (nan with fewer than 2 values per side)."""
-    from scipy import stats
-
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread at all: the difference is exact
-        d = a.mean() - shift - b.mean()
-        return 0.0 if ((alternative == "greater" and d > 0) or (alternative == "less" and d < 0)
-                       or (alternative == "two-sided" and d != 0)) else 1.0
-    return float(stats.ttest_ind(a - shift, b, equal_var=False, alternative=alternative).pvalue)
-
-
-def compare(a, b, kind: str = "greater", alpha: float = 0.05, margin: float = 1.0) -> dict:
-    """One comparison across seeds of accuracies ``a`` (the claim's method) and ``b`` (its baseline).
-
-    kind "greater": a beats b (Welch, two-sided: supported when a > b and p < alpha, contradicted when a < b and
-    p < alpha). "no_gain": a gains less than ``margin`` points over b (supported when the one-sided test of
-    a - b < margin rejects, contradicted when a - b > margin does). "close": |a - b| < margin (two one-sided
-    tests, supported when both reject; contradicted when |a - b| is significantly beyond the margin).
-    Anything else, or fewer than 2 seeds on a side: "not resolved".
-    """
-    a, b = pd.Series(a, dtype=float).dropna().to_numpy(), pd.Series(b, dtype=float).dropna().to_numpy()
-    out = {"a_mean": a.mean() if len(a) else np.nan, "a_std": a.std(ddof=1) if len(a) > 1 else np.nan,
-           "a_n": len(a), "b_mean": b.mean() if len(b) else np.nan, "b_std": b.std(ddof=1) if len(b) > 1 else np.nan,
-           "b_n": len(b)}
-    out["diff"] = out["a_mean"] - out["b_mean"]
-    verdict, p = "not resolved", float("nan")
-    if len(a) >= 2 and len(b) >= 2:
-        if kind == "greater":
-            p = _welch(a, b)
-            if p < alpha:
-                verdict = "supported" if out["diff"] > 0 else "contradicted"
-        elif kind == "no_gain":
-            p = _welch(a, b, "less", shift=margin)
-            if p < alpha:
-                verdict = "supported"
-            elif _welch(a, b, "greater", shift=margin) < alpha:
-                verdict, p = "contradicted", _welch(a, b, "greater", shift=margin)
-        elif kind == "close":
-            p = max(_welch(a, b, "greater", shift=-margin), _welch(a, b, "less", shift=margin))
-            if p < alpha:
-                verdict = "supported"
-            else:
-                beyond = min(_welch(a, b, "greater", shift=margin), _welch(a, b, "less", shift=-margin))
-                if beyond < alpha:
-                    verdict, p = "contradicted", beyond
-        else:
-            raise ValueError(f"kind={kind!r} is not allowed; choose one of ['greater', 'no_gain', 'close']")
-    out.update(p=p, verdict=verdict)
-    return out
-
-
-def trend(strengths, values, alpha: float = 0.05, min_seeds: int = 2) -> dict:
-    """Does ``values`` grow with ``strengths``? Spearman's rank correlation over every (strength, seed) point;
-    "not resolved" when p >= alpha or any strength has fewer than ``min_seeds`` seeds."""
-    from scipy import stats
-
-    s, v = np.asarray(strengths, dtype=float), np.asarray(values, dtype=float)
-    counts = pd.Series(s).value_counts()
-    out = {"rho": np.nan, "p": np.nan, "points": len(s), "verdict": "not resolved"}
-    if len(counts) >= 2 and counts.min() >= min_seeds:
-        res = stats.spearmanr(s, v)
-        out.update(rho=float(res.statistic), p=float(res.pvalue))
-        if out["p"] < alpha:
-            out["verdict"] = "supported" if out["rho"] > 0 else "contradicted"
-    return out
-
-
-def combine(verdicts) -> str:
-    """A claim's verdict from its cells': all supported -> supported; some supported, none contradicted ->
-    partly supported; both -> mixed; only contradicted (and unresolved) -> contradicted; else not resolved."""
-    verdicts = list(verdicts)
-    if not verdicts:
-        return "no data"
-    yes, no = verdicts.count("supported"), verdicts.count("contradicted")
-    if yes == len(verdicts):
-        return "supported"
-    if yes and no:
-        return "mixed"
-    if yes:
-        return "partly supported"
-    return "contradicted" if no else "not resolved"
-
-
 def _fmt_p(p) -> str:
     return "n/a" if p != p else ("<0.001" if p < 0.001 else f"{p:.3f}")
-
-
-def _mean_sd(mean, std, n) -> str:
-    return "—" if n == 0 else (f"{mean:.2f} ± {std:.2f} (n={n})" if n > 1 else f"{mean:.2f} (n=1)")
 
 
 # ---- the paper's claims ------------------------------------------------------------------------------------
@@ -258,29 +164,39 @@ CLAIMS = [
 
 def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, low_data: int = 10,
            margin: float = 1.0, clean_margin: float = 2.0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The paper's claims tested on our records, across seeds: ``(claims, cells)``.
+    """The paper's claims tested on our records, methods paired within a seed (jkt.stats): ``(claims, cells)``.
 
-    ``claims``: one row per claim (jkt.report.CLAIMS) with its verdict, the test, and the numbers behind it;
-    ``cells``: one row per comparison (a dataset and per_class, or a sigma). Low data: per_class <= ``low_data``;
-    full data: per_class "full", else our largest per_class (said so in the row). ``margin``: a gain below it
-    (percentage points) is "no help"; ``clean_margin``: how close "close" is. A claim without records: "no data".
+    ``cells``: one row per comparison (a dataset and per_class, or a sigma): the paired mean difference, its
+    (1 - alpha) CI, the minimum detectable difference at its seeds, p before and after Holm's correction across
+    the cells of its claim, and a verdict ("supported", "contradicted", "equivalent": the (1 - 2 alpha) CI
+    inside +-``margin``, or "not resolved"). ``claims``: one row per claim (jkt.report.CLAIMS), its cells'
+    verdicts combined. Low data: per_class <= ``low_data``; full data: per_class "full", else our largest
+    (said so). ``margin``: a smaller gain counts as no help; ``clean_margin``: how close "close" is.
     """
+    from .stats import combine, holm_verdicts, paired, trend
+
     empty = pd.DataFrame()
     distill = empty if distill is None else distill
     robustness = empty if robustness is None else robustness
     transfer = empty if transfer is None else transfer
     cells = []
 
+    def by_seed(rows, column="test_accuracy"):
+        return rows.groupby("seed")[column].mean()
+
     def cell(claim, where, a_name, b_name, a, b, kind, m=margin):
         if not len(a) or not len(b):
             return  # a method that was not run: no comparison
-        r = compare(a, b, kind, alpha, m)
-        cells.append({"claim": claim, "where": where, "comparison": f"{a_name} vs {b_name}", **r})
+        cells.append({"claim": claim, "where": where, "comparison": f"{a_name} - {b_name}",
+                      **paired(a, b, kind, alpha, m)})
 
     if len(distill):
         for dataset, part in distill.groupby("dataset", sort=False):
             per_classes = _per_class_order(part["per_class"])
-            acc = lambda m, pc: part.loc[(part["method"] == m) & (part["per_class"] == pc), "test_accuracy"]
+
+            def acc(m, pc):
+                return by_seed(part[(part["method"] == m) & (part["per_class"] == pc)])
+
             for pc in [v for v in per_classes if v != "full" and float(v) <= low_data]:
                 where = f"{dataset}, per_class {pc}"
                 for a_name in ("act+ce", "act"):
@@ -294,35 +210,40 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
             for a_name, b_name in (("act+jac+ce", "act+ce"), ("act+jac", "act")):
                 cell("jacobian-full", where, a_name, b_name, acc(a_name, top), acc(b_name, top), "no_gain")
     penalty = robustness[robustness["route"] == "penalty"] if len(robustness) else robustness
+    trends = []
     for dataset, part in (penalty.groupby("dataset", sort=False) if len(penalty) else []):
         per_seed = part.groupby(["strength", "sigma", "seed"], as_index=False)["accuracy"].mean()
         strengths = sorted(per_seed["strength"].unique())
         for sigma in sorted(per_seed["sigma"].unique()):
             at = per_seed[per_seed["sigma"] == sigma]
+            top, base = at[at["strength"] == strengths[-1]], at[at["strength"] == strengths[0]]
             if sigma > 0:
-                r = trend(at["strength"], at["accuracy"], alpha)
-                top = at[at["strength"] == strengths[-1]]["accuracy"]
-                base = at[at["strength"] == strengths[0]]["accuracy"]
-                cells.append({"claim": "penalty-noise", "where": f"{dataset}, sigma {sigma:g}",
-                              "comparison": f"Spearman over strengths {', '.join(f'{s:g}' for s in strengths)}",
-                              "a_mean": top.mean(), "a_std": top.std(ddof=1), "a_n": len(top),
-                              "b_mean": base.mean(), "b_std": base.std(ddof=1), "b_n": len(base),
-                              "diff": top.mean() - base.mean(), **r})
+                trends.append({"claim": "penalty-noise", "where": f"{dataset}, sigma {sigma:g}",
+                               "comparison": f"Spearman over strengths {', '.join(f'{s:g}' for s in strengths)}",
+                               "a_mean": top["accuracy"].mean(), "b_mean": base["accuracy"].mean(),
+                               "diff": top["accuracy"].mean() - base["accuracy"].mean(),
+                               **trend(at["strength"], at["accuracy"], alpha)})
             elif len(strengths) > 1:
                 cell("penalty-clean", f"{dataset}, sigma 0", f"strength {strengths[-1]:g}", f"strength {strengths[0]:g}",
-                     at.loc[at["strength"] == strengths[-1], "accuracy"],
-                     at.loc[at["strength"] == strengths[0], "accuracy"], "close", clean_margin)
+                     by_seed(top, "accuracy"), by_seed(base, "accuracy"), "close", clean_margin)
     if len(transfer):
         for (setting, pc), part in transfer.groupby(["setting", "per_class"], sort=False):
-            acc = lambda m: part.loc[part["method"] == m, "test_accuracy"]
+            def acc(m):
+                return by_seed(part[part["method"] == m])
+
             where = f"{setting}, per_class {pc}"
             cell("lwf-jacobian", where, "lwf+jac", "lwf", acc("lwf+jac"), acc("lwf"), "greater")
             cell("attention-jacobian", where, "lwf+att+jac", "lwf+att", acc("lwf+att+jac"), acc("lwf+att"), "greater")
 
     cells = pd.DataFrame(cells)
-    tests = {"greater": f"Welch t-test across seeds, p < {alpha:g}",
-             "no_gain": f"one-sided Welch against a gain of {margin:g} points, p < {alpha:g}",
-             "close": f"two one-sided Welch tests, |difference| < {clean_margin:g} points, p < {alpha:g}",
+    if len(cells):
+        cells = pd.concat([holm_verdicts(part, alpha) for _, part in cells.groupby("claim", sort=False)])
+    cells = pd.concat([cells, pd.DataFrame(trends)], ignore_index=True)
+    level = f"{100 * (1 - alpha):g}%"
+    tests = {"greater": f"paired t-test within seeds, Holm across cells, p < {alpha:g}; equivalent: the "
+                        f"{100 * (1 - 2 * alpha):g}% CI inside ±{margin:g} points",
+             "no_gain": f"one-sided paired t-test against a gain of {margin:g} points, Holm across cells, p < {alpha:g}",
+             "close": f"paired equivalence test (two one-sided), |difference| < {clean_margin:g} points, p < {alpha:g}",
              "trend": f"Spearman rank correlation over strengths and seeds, p < {alpha:g}"}
     kinds = {"distill-low": "greater", "jacobian-low": "greater", "jacobian-full": "no_gain", "penalty-noise": "trend",
              "penalty-clean": "close", "lwf-jacobian": "greater", "attention-jacobian": "greater"}
@@ -333,15 +254,39 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
         for _, c in mine.iterrows():
             if key == "penalty-noise":
                 evidence.append(f"{c['where']}: rho {c['rho']:+.2f} over {int(c['points'])} networks, p {_fmt_p(c['p'])} "
-                                f"(strongest {_mean_sd(c['a_mean'], c['a_std'], c['a_n'])} vs none "
-                                f"{_mean_sd(c['b_mean'], c['b_std'], c['b_n'])}): {c['verdict']}")
+                                f"(strongest {c['a_mean']:.2f} vs none {c['b_mean']:.2f}): {c['verdict']}")
             else:
-                evidence.append(f"{c['where']}: {c['comparison']} {_mean_sd(c['a_mean'], c['a_std'], c['a_n'])} vs "
-                                f"{_mean_sd(c['b_mean'], c['b_std'], c['b_n'])}, Δ {c['diff']:+.2f}, "
-                                f"p {_fmt_p(c['p'])}: {c['verdict']}")
+                ci = "" if c["n"] < 2 else f" [{level} CI {c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+                mdd = "" if c["n"] < 2 else f", detectable {c['mdd']:.2f}"
+                evidence.append(f"{c['where']}: {c['comparison']} {c['diff']:+.2f}{ci} over {int(c['n'])} paired "
+                                f"seed(s){mdd}, p {_fmt_p(c['p_holm'])} (Holm): {c['verdict']}")
         rows.append({"claim": text, "paper": source, "verdict": combine(mine["verdict"]) if len(mine) else "no data",
                      "test": tests[kinds[key]], "evidence": "; ".join(evidence) or "no records yet"})
     return pd.DataFrame(rows), cells
+
+
+def forest_plot(cells: pd.DataFrame, title: str = ""):
+    """Each paired comparison's mean difference (points) with its confidence interval, one row per cell, grouped
+    by claim; the dashed lines mark +-margin, colour the verdict."""
+    import matplotlib.pyplot as plt
+
+    rows = cells[cells["kind"].notna() & (cells["n"] >= 1)] if len(cells) and "kind" in cells else pd.DataFrame()
+    fig, ax = plt.subplots(figsize=(8, 0.32 * max(len(rows), 1) + 1.4))
+    colours = {"supported": "C2", "contradicted": "C3", "equivalent": "C0", "not resolved": "0.5"}
+    for i, (_, c) in enumerate(rows.iterrows()):
+        err = [[c["diff"] - c["ci_low"]], [c["ci_high"] - c["diff"]]] if c["n"] >= 2 else None
+        ax.errorbar(c["diff"], i, xerr=err, fmt="o", color=colours.get(c["verdict"], "k"), capsize=3)
+        ax.plot([-c["margin"], c["margin"]], [i, i], ls="none", marker="|", color="0.6")
+    ax.set_yticks(range(len(rows)), [f"{c['claim']}: {c['where']}, {c['comparison']}" for _, c in rows.iterrows()],
+                  fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="k", lw=0.8)
+    for verdict, colour in colours.items():
+        ax.plot([], [], "o", color=colour, label=verdict)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set(xlabel="paired difference, accuracy points (CI; | marks the margin)", title=title)
+    fig.tight_layout()
+    return fig
 
 
 def markdown(table: pd.DataFrame, index: bool = True) -> str:
