@@ -80,7 +80,7 @@ def build_student(arch: str, in_channels: int, num_target: int, num_source: int,
     return TwoHeadStudent(models.build(arch, in_channels, num_target, width), num_source)
 
 
-class _LogitsView(nn.Module):
+class LogitsView(nn.Module):
     """``model`` seen as a function returning one set of logits (what jkt.jacobian differentiates), keeping the
     rest of the same forward pass in ``self.rest``: for a TwoHeadStudent the source logits, with
     ``(target_logits, features)`` kept; for a teacher its logits, with its stage features kept."""
@@ -168,7 +168,7 @@ def transfer_targets(teacher: nn.Module, data: jdata.Dataset, split: jdata.Split
                                                            if with_gradients else 0)
     keep = device if len(split) * per_row * 4 <= HOLD_ON_DEVICE_BYTES else torch.device("cpu")
     logits, index, grads, maps = [], [], [], {s: [] for s in stages}
-    view = _LogitsView(teacher)
+    view = LogitsView(teacher)
     with eval_mode(teacher.to(device)):
         for x, _, _ in jdata.Batches(split, data, batch_size, device, shuffle=False):
             if with_gradients:
@@ -238,7 +238,7 @@ class TransferObjective:
             raise ValueError("this objective matches a teacher: pass the teacher's batch (TransferTargets.take)")
         terms = {}
         if self.gamma > 0:
-            view = _LogitsView(student)
+            view = LogitsView(student)
             source, s_grad, _ = output_and_input_gradient(view, x, teacher_index, create_graph=True)
             target, features = view.rest
             terms["jac"] = jacobian_matching(s_grad, teacher_grad, self.jacobian_loss == "normalized")

@@ -107,6 +107,8 @@ class Profile:
     transfer_grid: tuple = ("offline", None)  # the batch's (setting, per-class sizes); None: the setting's per_class
     # notebooks 01 and 02: sample counts and sizes
     sizes: dict = field(default_factory=dict)
+    # the mechanism metrics of every student (jkt.mechanism): test images, noise sigmas and draws
+    mechanism: dict = field(default_factory=lambda: {"images": 1000, "sigmas": (0.1, 0.3), "draws": 4})
     robust_test_per_class: object = "full"  # the test images of Table 3 ("full": the official test split)
     lr: float = 1e-3
     anneal_at: float = 0.8
@@ -188,7 +190,8 @@ PROFILES = {
                    affine_epochs=2, affine_points=16, widget_draws=1_000,
                    fd_points=2, fd_directions=2, timing_batch=32, timing_repeats=3, timing_min_seconds=0.02,
                    bn_batch_sizes=(8, 32), bn_rows=4,
-                   student_steps=40, gradient_examples=3, estimator_points=6, estimator_repeats=8)),
+                   student_steps=40, gradient_examples=3, estimator_points=6, estimator_repeats=8),
+        mechanism={"images": 200, "sigmas": (0.1, 0.3), "draws": 2}),
     "cpu": Profile(
         name="cpu", dataset="fashion-mnist", datasets=("fashion-mnist",),
         teacher_arch="vgg9", teacher_width=1 / 8, teacher_epochs=3, teacher_batch_size=128,

@@ -155,6 +155,8 @@ CLAIMS = [
     ("distill-low", "Distillation beats training from scratch at low data", "Tables 1-2"),
     ("jacobian-low", "Matching activations and Jacobians beats activations alone at low data", "Tables 1-2"),
     ("jacobian-full", "At full data, Jacobians do not help", "Tables 1-2"),
+    ("mechanism", "Jacobian matching brings the student's input gradients, and its outputs under noise, closer to "
+                  "the teacher's than activation matching alone", "Proposition 1"),
     ("penalty-noise", "The Jacobian-norm penalty raises accuracy under noise as its strength grows", "Table 3"),
     ("penalty-clean", "... while clean accuracy stays close", "Table 3"),
     ("lwf-jacobian", "LwF + Jacobians beats LwF", "transfer table"),
@@ -191,8 +193,11 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
                       **paired(a, b, kind, alpha, m)})
 
     if len(distill):
+        check_pairing(distill, ["dataset", "per_class", "seed"])
         for dataset, part in distill.groupby("dataset", sort=False):
             per_classes = _per_class_order(part["per_class"])
+            if "mech_grad_cos_label" in part:
+                mechanism_cells(part, dataset, per_classes, cell)
 
             def acc(m, pc):
                 return by_seed(part[(part["method"] == m) & (part["per_class"] == pc)])
@@ -227,6 +232,7 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
                 cell("penalty-clean", f"{dataset}, sigma 0", f"strength {strengths[-1]:g}", f"strength {strengths[0]:g}",
                      by_seed(top, "accuracy"), by_seed(base, "accuracy"), "close", clean_margin)
     if len(transfer):
+        check_pairing(transfer, ["setting", "per_class", "seed"])
         for (setting, pc), part in transfer.groupby(["setting", "per_class"], sort=False):
             def acc(m):
                 return by_seed(part[part["method"] == m])
@@ -245,7 +251,7 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
              "no_gain": f"one-sided paired t-test against a gain of {margin:g} points, Holm across cells, p < {alpha:g}",
              "close": f"paired equivalence test (two one-sided), |difference| < {clean_margin:g} points, p < {alpha:g}",
              "trend": f"Spearman rank correlation over strengths and seeds, p < {alpha:g}"}
-    kinds = {"distill-low": "greater", "jacobian-low": "greater", "jacobian-full": "no_gain", "penalty-noise": "trend",
+    kinds = {"mechanism": "greater", "distill-low": "greater", "jacobian-low": "greater", "jacobian-full": "no_gain", "penalty-noise": "trend",
              "penalty-clean": "close", "lwf-jacobian": "greater", "attention-jacobian": "greater"}
     rows = []
     for key, text, source in CLAIMS:
@@ -263,6 +269,37 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
         rows.append({"claim": text, "paper": source, "verdict": combine(mine["verdict"]) if len(mine) else "no data",
                      "test": tests[kinds[key]], "evidence": "; ".join(evidence) or "no records yet"})
     return pd.DataFrame(rows), cells
+
+
+def check_pairing(records: pd.DataFrame, cell: list) -> None:
+    """The methods compared within a seed must share its training subset and initial weights: a ValueError naming
+    the cell when the records' fingerprints say otherwise (records without fingerprints are not checked)."""
+    for column in ("subset_fingerprint", "init_fingerprint"):
+        if column in records:
+            counts = records.dropna(subset=[column]).groupby(cell)[column].nunique()
+            if (counts > 1).any():
+                raise ValueError(f"records of one seed differ in {column} at {list(counts[counts > 1].index)[:3]}: "
+                                 f"the methods compared there do not share their subset or initial weights")
+
+
+def mechanism_cells(part: pd.DataFrame, dataset: str, per_classes, cell) -> None:
+    """The mechanism claim's comparisons, act+jac against act at every per_class, seed by seed: 100 x the cosine
+    of input gradients (label's output), and for each noise sigma -100 x the log of the noisy-input distillation
+    error (so the difference is about the percentage by which Jacobian matching lowers it); margins of 1."""
+    import numpy as np
+
+    measures = [("mech_grad_cos_label", "gradient cosine x100", lambda v: 100 * v)]
+    measures += [(c, f"noisy error at sigma {c.rsplit('_', 1)[1]}, -100 log", lambda v: -100 * np.log(v))
+                 for c in part.columns if c.startswith("mech_noisy_error_")]
+
+    def by_seed(method, pc, column, transform):
+        rows = part[(part["method"] == method) & (part["per_class"] == pc)].dropna(subset=[column])
+        return transform(rows.groupby("seed")[column].mean())
+
+    for pc in per_classes:
+        for column, what, transform in measures:
+            cell("mechanism", f"{dataset}, per_class {pc}", "act+jac", f"act ({what})",
+                 by_seed("act+jac", pc, column, transform), by_seed("act", pc, column, transform), "greater")
 
 
 def forest_plot(cells: pd.DataFrame, title: str = ""):

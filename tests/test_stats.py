@@ -77,3 +77,10 @@ def test_combine():
         ["supported", "partly supported", "mixed", "contradicted", "not resolved", "no data", "equivalent"]
     assert stats.trend([0, 0, 1, 1, 2, 2], [1, 2, 3, 4, 5, 6])["verdict"] == "supported"
     assert stats.trend([0, 1, 2], [1, 2, 3])["verdict"] == "not resolved"  # one seed per strength
+
+
+def test_records_that_do_not_share_a_seeds_subset_or_weights_are_refused():
+    rows = [{"dataset": "d", "per_class": 1, "method": m, "seed": 0, "n_train": 10, "test_accuracy": 50.0,
+             "init_fingerprint": f, "subset_fingerprint": "s"} for m, f in (("ce", "a"), ("act+ce", "b"))]
+    with pytest.raises(ValueError, match="init_fingerprint"):
+        report.claims(pd.DataFrame(rows))

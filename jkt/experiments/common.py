@@ -5,6 +5,7 @@ One of each, used by jkt.experiments.distill, .robustness and .transfer.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import sys
@@ -23,6 +24,15 @@ def identity(experiment: str, profile: Profile, dataset: str) -> dict:
     the hash of the profile's whole recipe, and the dataset. The report selects records by it, so records of
     another profile, or of an earlier recipe of the same profile, never mix into a table."""
     return {"kind": experiment, "profile": profile.name, "recipe": profile.recipe_hash(), "dataset": dataset}
+
+
+def fingerprint(*tensors) -> str:
+    """A short hash of the tensors' values: records carry the fingerprints of a run's training subset and of its
+    student's initial weights, so the report can check that the methods it pairs within a seed share both."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def check_dataset(dataset, allowed=None) -> str:

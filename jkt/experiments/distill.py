@@ -11,16 +11,15 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import data as jdata
-from .. import models, paper, profiles
-from .. import store
+from .. import mechanism, models, paper, profiles, store
 from ..losses import METHOD_LABELS, PAPER_METHODS, PRESETS, preset
 from ..report import fmt, mean_std
 from ..teachers import get_teacher, profile_teacher_config, teacher_targets
 from ..train import accuracy, fit, reset_peak_memory, resolve_device, seed_everything
 from ..validate import (as_list, check_choice, check_choices, check_per_class, check_positive_int,
                         check_positive_number, check_seeds, check_sigma)
-from .common import (check_dataset, check_fits, identity, pending_grid, records_frame, run_metrics, run_pending,
-                     used_options)
+from .common import (check_dataset, check_fits, fingerprint, identity, pending_grid, records_frame, run_metrics,
+                     run_pending, used_options)
 
 METHODS = tuple(PRESETS)
 
@@ -97,7 +96,9 @@ class DistillPlan:
         todo = self.pending()
         if todo:
             teacher, teacher_meta = self.teacher()
-            cache = {}
+            m = self.profile.mechanism
+            cache = {"mechanism": mechanism.reference(teacher, self.data, self.data.test, m["images"], m["sigmas"],
+                                                      m["draws"], device=self.device)}
             run_pending(todo, lambda ms: self._run_one(*ms, teacher, teacher_meta, cache), self.progress,
                         f"distill {self.dataset} per_class={self.per_class}", lambda ms: f"{ms[0]}, seed {ms[1]}")
         return self.records()
@@ -112,20 +113,26 @@ class DistillPlan:
         if objective.needs_teacher:
             key = (seed, objective.jacobian_output, objective.gamma > 0)
             if key not in cache:
-                cache.clear()
+                for old in [k for k in cache if k != "mechanism"]:
+                    del cache[old]
                 cache[key] = teacher_targets(teacher, self.data, train, objective.jacobian_output,
                                              with_gradients=objective.gamma > 0, device=self.device)
             targets = cache[key]
         seed_everything(seed)
         student = models.build(self.profile.student_arch, self.data.in_channels, self.data.num_classes,
                                self.profile.student_width)
+        pairing = {"subset_fingerprint": fingerprint(train.y, train.x),
+                   "init_fingerprint": fingerprint(*student.state_dict().values())}
         history = fit(student, self.data, train, objective, config["epochs"], self.batch_size, seed=seed,
                       lr=self.profile.lr, anneal_at=self.profile.anneal_at, device=self.device,
                       teacher_targets=targets, teacher=teacher if objective.noisy > 0 else None,
                       progress=self.progress, desc=f"{method} seed {seed}")
         test_acc = accuracy(student, self.data, self.data.test, device=self.device)
+        mech_start = time.perf_counter()
+        mech = mechanism.metrics(student, cache["mechanism"])
         metrics = run_metrics(history, start, len(train), self.device, test_accuracy=test_acc,
-                              teacher_test_accuracy=teacher_meta["test_accuracy"])
+                              teacher_test_accuracy=teacher_meta["test_accuracy"], **pairing, **mech,
+                              mech_seconds=time.perf_counter() - mech_start)
         store.save_record(config, metrics, self.results)
         return metrics
 

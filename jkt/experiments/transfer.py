@@ -26,19 +26,19 @@ import torch
 from torch import nn
 
 from .. import data as jdata
-from .. import models, paper, profiles, store
+from .. import mechanism, models, paper, profiles, store
 from ..jacobian import eval_mode
 from ..losses import attention_map
-from ..lwf import (JACOBIAN_LOSSES, LWF_FORMS, TransferObjective, TransferTargets, build_student, pair_stages,
-                   replace_head, stage_sizes, transfer_targets)
+from ..lwf import (JACOBIAN_LOSSES, LWF_FORMS, LogitsView, TransferObjective, TransferTargets, build_student,
+                   pair_stages, replace_head, stage_sizes, transfer_targets)
 from ..profiles import Recipe
 from ..report import fmt, mean_std
 from ..teachers import get_teacher, teacher_config
 from ..train import accuracy, fit, reset_peak_memory, resolve_device, seed_everything
 from ..validate import (as_list, check_choice, check_choices, check_per_class, check_positive_int,
                         check_positive_number, check_seeds)
-from .common import (check_dataset, check_fits, identity, pending_grid, records_frame, run_metrics, run_pending,
-                     used_options)
+from .common import (check_dataset, check_fits, fingerprint, identity, pending_grid, records_frame, run_metrics,
+                     run_pending, used_options)
 
 METHODS = tuple(paper.TRANSFER_MIT67["rows"])  # the poster's row order
 METHOD_LABELS = {
@@ -185,13 +185,18 @@ class TransferPlan:
         if todo:
             teacher, meta = self.teacher()
             cache = {}
+            if any(m not in ("scratch", "finetune") for m, _ in todo):
+                m = self.profile.mechanism  # the source head against the teacher; target images have no source label
+                cache["mechanism"] = mechanism.reference(LogitsView(teacher), self.data, self.data.test, m["images"],
+                                                         m["sigmas"], m["draws"], label=False, device=self.device)
             run_pending(todo, lambda ms: self._run_one(*ms, teacher, meta, cache, todo), self.progress,
                         f"transfer {self.data.name} per_class={self.per_class}", lambda ms: f"{ms[0]}, seed {ms[1]}")
         return self.records()
 
     def _targets(self, teacher, seed, train, todo, cache) -> TransferTargets:
         if seed not in cache:
-            cache.clear()
+            for old in [k for k in cache if k != "mechanism"]:
+                del cache[old]
             wanted = [self.objective(m) for m, s in todo if s == seed]
             cache[seed] = transfer_targets(
                 teacher, self.data, train, with_gradients=any(o.gamma > 0 for o in wanted),
@@ -219,8 +224,10 @@ class TransferPlan:
                       anneal_at=r.anneal_at, device=self.device, teacher_targets=targets, progress=self.progress,
                       desc=f"{method} seed {seed}")
         test_acc = accuracy(model, self.data, self.data.test, batch_size=max(r.batch_size, 256), device=self.device)
+        mech = {} if method in ("scratch", "finetune") else mechanism.metrics(LogitsView(model), cache["mechanism"])
         metrics = run_metrics(history, start, len(train), self.device, test_accuracy=test_acc,
-                              teacher_source_accuracy=teacher_meta.get("test_accuracy"))
+                              teacher_source_accuracy=teacher_meta.get("test_accuracy"),
+                              subset_fingerprint=fingerprint(train.y, train.x), **mech)
         store.save_record(config, metrics, self.results)
         return metrics
 
