@@ -30,6 +30,20 @@ def _activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``max_pool2d(x, 2, 2, ceil_mode=True)``, the same values. Without autograd (evaluation, the no-grad passes of
+    the teacher and of the mechanism metrics) as the maximum of the four strided quarters: PyTorch's NCHW CPU
+    max-pool was 45% of evaluating the cpu profile's VGG-4 (profiled: 1.2 of 2.7 s) and is 8x slower than this
+    (24 vs 3 ms on 256x16x28x28); with autograd PyTorch's, whose backward is the faster one."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return nn.functional.max_pool2d(x, 2, 2, ceil_mode=True)
+    h, w = x.shape[-2:]
+    if h % 2 or w % 2:
+        x = nn.functional.pad(x, (0, w % 2, 0, h % 2), value=float("-inf"))
+    return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
+                         torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+
+
 class VGG(nn.Module):
     """conv3x3 (stride 1, pad 1) [+ BatchNorm] + activation blocks, max-pool 2/2 at "M", global average pool, one linear layer.
 
@@ -72,7 +86,7 @@ class VGG(nn.Module):
             x = stage(x)
             features[f"stage{i + 1}"] = x
             if pool and min(x.shape[-2:]) > 1:
-                x = nn.functional.max_pool2d(x, 2, 2, ceil_mode=True)
+                x = max_pool_2x2(x)
         logits = self.classifier(x.mean(dim=(-2, -1)))
         return (logits, features) if taps else logits
 

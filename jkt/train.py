@@ -130,7 +130,8 @@ def fit(model: nn.Module, dataset: Dataset | None, split, objective: Objective, 
     device = resolve_device(device)
     if objective.needs_teacher and teacher_targets is None:
         raise ValueError(f"the objective {objective} matches a teacher: pass teacher_targets")
-    model.to(device).train()
+    memory = torch.channels_last if any(isinstance(m, nn.Conv2d) for m in model.modules()) else torch.contiguous_format
+    model.to(device, memory_format=memory).train()  # channels-last convolutions: measured faster (python -m jkt bench)
     if isinstance(split, Split) and split.x.numel() <= HOLD_ON_DEVICE_BYTES:  # small sets live on the device
         split = split.to(device)
     optimizer = make_optimizer(model, lr)
@@ -145,6 +146,7 @@ def fit(model: nn.Module, dataset: Dataset | None, split, objective: Objective, 
                 group["lr"] = lr / 10
         sums, total_sum, n = {}, 0.0, 0
         for step, (x, y, idx) in enumerate(batches):
+            x = x.contiguous(memory_format=memory) if x.dim() == 4 else x
             targets = teacher_targets.take(idx.to(teacher_targets.logits.device)) \
                 if teacher_targets is not None else None
             try:
@@ -161,6 +163,7 @@ def fit(model: nn.Module, dataset: Dataset | None, split, objective: Objective, 
         history.terms.append({k: v / max(n, 1) for k, v in sums.items()})
         bar.set_postfix(loss=f"{history.loss[-1]:.4g}")
     history.seconds = time.perf_counter() - start
+    model.to(memory_format=torch.contiguous_format)
     return history
 
 

@@ -321,3 +321,49 @@ def test_a_whole_run_is_timed_in_parts_in_its_own_process():
     assert abs(row["total"] - sum(row[p] for p in bench_run.PARTS)) < 1e-9
     assert 0 <= row["test_accuracy"] <= 100 and row["runs_per_hour"] == pytest.approx(3600 / row["total"])
     assert "per_class" in bench_run.table(result)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 28, 28), (2, 5, 7, 7), (1, 3, 6, 9), (2, 2, 1, 4)])
+def test_the_no_grad_max_pool_gives_pytorchs_values_bit_for_bit(shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    expected = torch.nn.functional.max_pool2d(x, 2, 2, ceil_mode=True)
+    with torch.no_grad():
+        assert torch.equal(models.max_pool_2x2(x), expected)
+        assert torch.equal(models.max_pool_2x2(x.contiguous(memory_format=torch.channels_last)), expected)
+    x.requires_grad_(True)  # with autograd: PyTorch's own (its backward)
+    assert models.max_pool_2x2(x).grad_fn.name().startswith("MaxPool2DWithIndices")
+
+
+def test_a_vgg_evaluates_to_the_same_logits_with_either_pooling():
+    torch.manual_seed(0)
+    net = models.build("vgg9", 1, 10, 1 / 8).eval()
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        fast = net(x)
+    slow = net(x.requires_grad_(True)).detach()  # the autograd path pools with max_pool2d
+    assert torch.equal(fast, slow)
+
+
+def test_channels_last_training_gives_the_same_step_within_float_rounding_and_fit_restores_the_layout():
+    """fit trains in channels-last memory format (faster convolutions); one Jacobian-matching step agrees with the
+    default layout to float32 rounding, and the trained weights come back in the default layout."""
+    from jkt.jacobian import output_and_input_gradient
+    from jkt.losses import preset
+    from jkt.train import training_step
+
+    torch.manual_seed(0)
+    student = models.build("vgg4", 1, 10, 1 / 4).train()
+    teacher = models.build("vgg9", 1, 10, 1 / 8).eval()
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    targets = output_and_input_gradient(teacher, x, y)
+    losses, grads = [], []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        net = copy.deepcopy(student).to(memory_format=layout)
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        loss, _ = training_step(net, opt, preset("act+jac+ce"), x.contiguous(memory_format=layout), y, targets,
+                                params=list(net.parameters()))
+        losses.append(loss)
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)

@@ -342,3 +342,12 @@ def test_accuracy_of_a_float64_model(tiny_data):
     acc32 = accuracy(model, tiny_data, tiny_data.test, device="cpu")
     acc64 = accuracy(copy.deepcopy(model).double(), tiny_data, tiny_data.test, device="cpu")
     assert acc64 == pytest.approx(acc32)
+
+
+def test_fit_returns_the_weights_in_the_default_memory_layout(tiny_data):
+    from jkt import models
+    from jkt.losses import preset
+
+    net = models.build("vgg4", tiny_data.in_channels, tiny_data.num_classes, 1 / 16)
+    train.fit(net, tiny_data, tiny_data.train, preset("ce"), 1, 16, device="cpu", progress=False)
+    assert all(p.is_contiguous() for p in net.parameters())
