@@ -30,7 +30,6 @@ PARTS = ("setup", "teacher_targets", "training", "evaluation", "mechanism")
 def student_run_parts(per_class: int, method: str = "act+jac+ce", seed: int = 0, cache: dict | None = None) -> dict:
     """Seconds of each part of one cpu-profile student run (see the module docstring), and its test accuracy.
     The mechanism metrics (jkt.mechanism, where this jkt has them: 0 s elsewhere) use a reference made once."""
-    import importlib.util
     import time
 
     import torch
@@ -46,7 +45,7 @@ def student_run_parts(per_class: int, method: str = "act+jac+ce", seed: int = 0,
         torch.manual_seed(12345)
         cache["teacher"] = models.build(p.teacher_arch, cache["data"].in_channels, cache["data"].num_classes,
                                         p.teacher_width).eval()
-        if importlib.util.find_spec("jkt.mechanism"):
+        if hasattr(p, "mechanism"):
             from jkt import mechanism
 
             m = p.mechanism
@@ -87,6 +86,8 @@ assert jkt.__file__.startswith({root!r}), jkt.__file__
 cache = {{}}
 student_run_parts({warm}, {method!r}, 0, cache)  # warm-up: dataset, teacher, first-call costs
 out = {{str(pc): student_run_parts(pc, {method!r}, 0, cache) for pc in {per_class!r}}}
+strays = [m.__file__ for n, m in sys.modules.items() if n.startswith("jkt") and not m.__file__.startswith({root!r})]
+assert not strays, f"modules of another jkt were imported: {{strays}}"
 print("JKT-BENCH-RESULT " + json.dumps(out))
 """
 
