@@ -35,7 +35,7 @@ CASES = {
     "jac/cached": (dict(alpha=1.0, gamma=1.0), "cached", "fast",
                    "Jacobian matching (one output) + CE, teacher cached (jkt's path)"),
     "jac/cached/plain": (dict(alpha=1.0, gamma=1.0), "cached", "plain",
-                         "the same, straightforward: PyTorch's BatchNorm, backward into the input too"),
+                         "the same, straightforward: PyTorch's BatchNorm and layout, backward into the input too"),
     "full/loop": (dict(alpha=1.0, gamma=1.0, jacobian_output="all", projections=0), "cached", "fast",
                   "full Jacobian (all K outputs) + CE: loop over outputs"),
     "full/batched": (dict(alpha=1.0, gamma=1.0, jacobian_output="all"), "cached", "fast",
@@ -79,10 +79,12 @@ class _Case:
         full = options.get("jacobian_output") == "all"
         self.batched_full = name == "full/batched"
         self.objective = Objective(**options)
-        self.student = copy.deepcopy(student_fast if path == "fast" else student_plain).train()
+        # jkt's path trains in channels-last memory format, as jkt.train.fit does; the plain path in PyTorch's default
+        layout = torch.channels_last if path == "fast" else torch.contiguous_format
+        self.student = copy.deepcopy(student_fast if path == "fast" else student_plain).train().to(memory_format=layout)
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=1e-3)
         self.params = list(self.student.parameters()) if path == "fast" else None
-        self.teacher, self.x, self.y, self.device = teacher, x, y, device
+        self.teacher, self.x, self.y, self.device = teacher, x.contiguous(memory_format=layout), y, device
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.targets = (cache["logits"], cache["jacobian"] if full else cache["grad"], y)
 
