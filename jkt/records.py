@@ -6,6 +6,9 @@ from __future__ import annotations
 from . import profiles
 from .data import shared_loads
 from .experiments import EXPERIMENTS
+from .experiments import plan as make_plan
+from .store import config_hash, load_records
+
 
 def _py(value):
     return value.item() if hasattr(value, "item") else value
@@ -14,9 +17,6 @@ def _py(value):
 def _default_keys(experiment: str, records, profile: str, results=None) -> set:
     """The keys among ``records`` that the experiment's notebook makes with its default options at the records'
     grid coordinates (a record of any other configuration is a variant, left out of the paper's tables)."""
-    from .experiments import plan as make_plan
-    from .store import config_hash
-
     cells = ["dataset", "per_class"] + (["setting"] if experiment == "transfer" else [])
     keys = set()
     for values, rows in records.groupby(cells, sort=False):
@@ -30,8 +30,6 @@ def _robustness_curves(records, profile: str, results=None):
     """Table 3's measurements (route, strength, seed, sigma, draw, accuracy) of the networks that notebook 04
     trains with its default options for ``profile``, for every seed found among the records."""
     import pandas as pd
-
-    from .experiments import plan as make_plan
 
     frames = []
     for dataset, rows in records.groupby("dataset", sort=False):
@@ -49,8 +47,6 @@ def profile_records(profile: str, results=None, experiments=tuple(EXPERIMENTS)) 
     distill and transfer one row per run; robustness one row per network, sigma and noise draw. ``notes`` says
     which records were left out and why. An unreadable record, or a dataset missing here, is an error."""
     import pandas as pd
-
-    from .store import load_records
 
     p = profiles.get(profile)
     tables, notes = {}, []

@@ -4,6 +4,9 @@ each missing thing and how to get it, and ``--list`` marks the jobs that could n
 from __future__ import annotations
 
 from . import profiles
+from .data import require
+from .models import require_pretrained
+
 
 def job_needs(job) -> set[tuple[str, str]]:
     """``{(kind, name)}`` that ``job``'s notebook needs and cannot train here: datasets (``"dataset"``) and
@@ -25,9 +28,6 @@ class MissingResources(FileNotFoundError):
 
 def missing_resources(jobs: list) -> dict[tuple[str, str], str]:
     """``{(kind, name): why and how to get it}`` for every need of ``jobs`` (job_needs) missing on this machine."""
-    from .data import require
-    from .models import require_pretrained
-
     missing = {}
     for kind, name in sorted(set().union(*(job_needs(j) for j in jobs))):
         try:

@@ -6,6 +6,7 @@ import os
 import threading
 import time
 
+
 def threads_per_job(jobs_at_once: int) -> int:
     """cores // jobs running at once on this machine, and never more than ``$OMP_NUM_THREADS`` when it is set."""
     threads = max(1, available_cores() // max(1, jobs_at_once))
