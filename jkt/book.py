@@ -132,8 +132,13 @@ def job_label(stem: str) -> str:
     return ", ".join(re.sub(r"^(per_class|seed|sigma)(\d)", r"\1 \2", p) for p in parts)
 
 
-def find_notebooks(runs: Path) -> list[Page]:
-    """The executed notebooks of a run folder, in the book's order (chapter, then natural order of the job)."""
+# The one job per experiment that the book shows unless asked for every job (its name contains this; else the first)
+REPRESENTATIVES = {"distill": "per_class10-seed0", "robustness": "routes-seed0", "transfer": "seed0"}
+
+
+def find_notebooks(runs: Path, everything: bool = False) -> list[Page]:
+    """The executed notebooks of a run folder, in the book's order (chapter, then natural order of the job): one
+    representative job per experiment (REPRESENTATIVES), or with ``everything`` every job."""
     pages = []
     for number, where, _ in CHAPTERS:
         if where.endswith(".ipynb"):
@@ -141,6 +146,8 @@ def find_notebooks(runs: Path) -> list[Page]:
         else:
             found = sorted((p for p in (runs / where).glob("*.ipynb") if not p.name.startswith(".")),
                            key=lambda p: natural_key(p.name))  # .name.tmp.ipynb: a notebook still running
+            if not everything and len(found) > 1:
+                found = [next((p for p in found if REPRESENTATIVES.get(where, "") in p.name), found[0])]
         for path in found:
             stem = path.name.removesuffix(".ipynb")
             name = stem if stem.startswith(number) else f"{number}_{where}_{stem}"
@@ -350,7 +357,8 @@ reproduced by the <code>jkt</code> notebooks.</p>
 <p>These pages are the notebooks exactly as the reproduction executed them ({len(pages)} notebooks from
 <code>{html.escape(str(shown))}</code>{', profile ' + html.escape(', '.join(profiles)) if profiles else ''}{when}),
 with their numbers, tables and figures. Notebooks 01 and 02 derive and check the mathematics; 03 to 05 run the
-paper's experiments, one page per training-set size and seed; 06 gathers every run into the paper's tables and
+paper's experiments (one representative job each, or every job with <code>--all</code>); 06 gathers every run
+into the paper's tables and
 judges its claims. To run or change a notebook, open <code>notebooks/</code> in JupyterLab (<code>make lab</code>).</p>
 <ol class="chapters">
 {chr(10).join(items)}
@@ -387,12 +395,13 @@ def book_css() -> str:
     return BOOK_CSS
 
 
-def build(runs, out, title: str = "Knowledge Transfer with Jacobian Matching: the executed notebooks") -> list[Page]:
+def build(runs, out, title: str = "Knowledge Transfer with Jacobian Matching: the executed notebooks",
+          everything: bool = False) -> list[Page]:
     """Render the run folder's executed notebooks into ``out``: one page each, ``index.html``, ``book.css``."""
     import jinja2
 
     runs, out = Path(runs), Path(out)
-    pages = find_notebooks(runs)
+    pages = find_notebooks(runs, everything)
     if not pages:
         raise SystemExit(f"no executed notebooks under {runs} (expected taylor/, jacobians/, distill/, robustness/, "
                          f"transfer/ or 06_reproduce.ipynb, as python -m jkt reproduce writes them)")
@@ -416,8 +425,11 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="?", default="runs/cpu", help="the run folder (default runs/cpu)")
     parser.add_argument("--out", default="docs", help="where the site goes (default docs; emptied first)")
     parser.add_argument("--title", default="Knowledge Transfer with Jacobian Matching: the executed notebooks")
+    parser.add_argument("--all", action="store_true",
+                        help="every job of 03-05 (default: one representative each: per_class 10 seed 0, the "
+                             "three routes, seed 0)")
     args = parser.parse_args(argv)
-    pages = build(args.runs, args.out, args.title)
+    pages = build(args.runs, args.out, args.title, args.all)
     failed = [p.source.name for p in pages if p.failed]
     print(f"{len(pages)} pages ({sum(p.images for p in pages)} figures) in {args.out}/, "
           f"{folder_size(Path(args.out)) / 1e6:.1f} MB: open {Path(args.out) / 'index.html'}")

@@ -303,25 +303,34 @@ def mechanism_cells(part: pd.DataFrame, dataset: str, per_classes, cell) -> None
 
 
 def forest_plot(cells: pd.DataFrame, title: str = ""):
-    """Each paired comparison's mean difference (points) with its confidence interval, one row per cell, grouped
-    by claim; the dashed lines mark +-margin, colour the verdict."""
+    """Each paired comparison's mean difference (points) with its confidence interval, one row per cell, the
+    mechanism's comparisons (other units) in a panel of their own; bars mark +-margin, colour the verdict."""
     import matplotlib.pyplot as plt
 
     rows = cells[cells["kind"].notna() & (cells["n"] >= 1)] if len(cells) and "kind" in cells else pd.DataFrame()
-    fig, ax = plt.subplots(figsize=(8, 0.32 * max(len(rows), 1) + 1.4))
+    groups = [(name, part) for name, part in (
+        ("accuracy points", rows[rows["claim"] != "mechanism"] if len(rows) else rows),
+        ("mechanism: x100 cosine, or -100 log of the noisy error", rows[rows["claim"] == "mechanism"]
+         if len(rows) else rows)) if len(part)] or [("", rows)]
+    heights = [max(len(part), 1) for _, part in groups]
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 0.3 * sum(heights) + 1.2 * len(groups)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
     colours = {"supported": "C2", "contradicted": "C3", "equivalent": "C0", "not resolved": "0.5"}
-    for i, (_, c) in enumerate(rows.iterrows()):
-        err = [[c["diff"] - c["ci_low"]], [c["ci_high"] - c["diff"]]] if c["n"] >= 2 else None
-        ax.errorbar(c["diff"], i, xerr=err, fmt="o", color=colours.get(c["verdict"], "k"), capsize=3)
-        ax.plot([-c["margin"], c["margin"]], [i, i], ls="none", marker="|", color="0.6")
-    ax.set_yticks(range(len(rows)), [f"{c['claim']}: {c['where']}, {c['comparison']}" for _, c in rows.iterrows()],
-                  fontsize=7)
-    ax.invert_yaxis()
-    ax.axvline(0, color="k", lw=0.8)
+    for ax, (label, part) in zip(axes[:, 0], groups):
+        for i, (_, c) in enumerate(part.iterrows()):
+            err = [[c["diff"] - c["ci_low"]], [c["ci_high"] - c["diff"]]] if c["n"] >= 2 else None
+            ax.errorbar(c["diff"], i, xerr=err, fmt="o", color=colours.get(c["verdict"], "k"), capsize=3)
+            ax.plot([-c["margin"], c["margin"]], [i, i], ls="none", marker="|", color="0.6")
+        ax.set_yticks(range(len(part)), [f"{c['where']}: {c['comparison']}" if c["claim"] == "mechanism" else
+                                         f"{c['claim']}: {c['where']}, {c['comparison']}"
+                                         for _, c in part.iterrows()], fontsize=7)
+        ax.invert_yaxis()
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel(f"paired difference, {label} (CI; | marks the margin)", fontsize=8)
     for verdict, colour in colours.items():
-        ax.plot([], [], "o", color=colour, label=verdict)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set(xlabel="paired difference, accuracy points (CI; | marks the margin)", title=title)
+        axes[0, 0].plot([], [], "o", color=colour, label=verdict)
+    axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[0, 0].set_title(title)
     fig.tight_layout()
     return fig
 

@@ -121,9 +121,11 @@ def test_job_order_and_labels(tmp_path):
         nbformat.write(executed_notebook("03 · Low-data distillation", "x\n"),
                        runs / "distill" / f"fashion-mnist-per_class{pc}-seed0.ipynb")
     nbformat.write(executed_notebook("03", "x\n"), runs / "distill" / ".fashion-mnist-per_class2-seed0.1a2b.tmp.ipynb")
-    pages = book.find_notebooks(runs)
+    pages = book.find_notebooks(runs, everything=True)
     assert [p.job for p in pages] == [f"fashion-mnist, per_class {pc}, seed 0" for pc in (1, 5, 10, 100)]
     assert pages[0].name == "03_distill_fashion-mnist-per_class1-seed0.html"
+    representative, = book.find_notebooks(runs)  # by default one job per experiment: per_class 10, seed 0
+    assert representative.job == "fashion-mnist, per_class 10, seed 0"
 
 
 def test_book_in_a_browser(runs, tmp_path):
