@@ -39,14 +39,15 @@ def paired(a: pd.Series, b: pd.Series, kind: str = "greater", alpha: float = 0.0
     out = {"n": n, "a_mean": a[seeds].mean() if n else np.nan, "b_mean": b[seeds].mean() if n else np.nan,
            "diff": d.mean() if n else np.nan, "sd": d.std(ddof=1) if n > 1 else np.nan, "kind": kind,
            "margin": margin, "p": np.nan, "p_beyond": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-           "eq_low": np.nan, "eq_high": np.nan, "mdd": np.nan}
+           "eq_low": np.nan, "eq_high": np.nan, "mdd": np.nan, "seeds_for_margin": np.nan}
     if n < 2:
         return out
     diff, sd = out["diff"], out["sd"]
     se = sd / math.sqrt(n)
     t2, t1 = stats.t.ppf(1 - alpha / 2, n - 1), stats.t.ppf(1 - alpha, n - 1)
     out.update(ci_low=diff - t2 * se, ci_high=diff + t2 * se, eq_low=diff - t1 * se, eq_high=diff + t1 * se,
-               mdd=(t2 + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
+               mdd=(t2 + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n),
+               seeds_for_margin=seeds_needed(sd, margin, alpha, power))
 
     def above(shift):  # p of H0 diff <= shift against diff > shift
         return float(stats.t.sf((diff - shift) / se, n - 1)) if se > 0 else float(diff <= shift)
@@ -61,6 +62,22 @@ def paired(a: pd.Series, b: pd.Series, kind: str = "greater", alpha: float = 0.0
     else:
         out["p"], out["p_beyond"] = max(above(-margin), below(margin)), min(above(margin), below(-margin))
     return out
+
+
+def seeds_needed(sd: float, target: float, alpha: float = 0.05, power: float = 0.8, most: int = 10_000) -> float:
+    """The fewest seeds whose minimum detectable paired difference (two-sided ``alpha``, ``power``) is at most
+    ``target``, for paired differences of standard deviation ``sd`` (e.g. a pilot's): nan without an sd, inf past
+    ``most``. What a run of this profile needs to decide a cell at that size."""
+    from scipy import stats
+
+    if not np.isfinite(sd) or target <= 0:
+        return np.nan
+    if sd == 0:
+        return 2
+    for n in range(2, most + 1):
+        if (stats.t.ppf(1 - alpha / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n) <= target:
+            return n
+    return np.inf
 
 
 def holm(pvalues) -> np.ndarray:

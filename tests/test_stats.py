@@ -84,3 +84,16 @@ def test_records_that_do_not_share_a_seeds_subset_or_weights_are_refused():
              "init_fingerprint": f, "subset_fingerprint": "s"} for m, f in (("ce", "a"), ("act+ce", "b"))]
     with pytest.raises(ValueError, match="init_fingerprint"):
         report.claims(pd.DataFrame(rows))
+
+
+def test_seeds_needed_is_the_fewest_whose_detectable_difference_reaches_the_target():
+    from scipy import stats as st
+
+    def mdd(n, sd):
+        return (st.t.ppf(0.975, n - 1) + st.t.ppf(0.8, n - 1)) * sd / np.sqrt(n)
+
+    n = stats.seeds_needed(2.0, 1.0)
+    assert mdd(n, 2.0) <= 1.0 < mdd(n - 1, 2.0)
+    assert stats.seeds_needed(0.1, 1.0) == 2 and np.isnan(stats.seeds_needed(np.nan, 1.0))
+    r = stats.paired(series([50.0, 52.0, 51.0, 55.0]), series([49.0, 50.5, 51.2, 53.0]), margin=1.0)
+    assert r["seeds_for_margin"] == stats.seeds_needed(r["sd"], 1.0)
