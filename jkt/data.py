@@ -373,33 +373,68 @@ def _load_imagefolder(name: str, root: Path, size: int) -> Dataset:
 
 
 # ---------------------------------------------------------------- subsets, noise, batches
-def subset_indices(split: Split, per_class, seed: int) -> torch.Tensor:
-    """Sorted row indices of ``per_class`` examples of every class (see :func:`subset`)."""
+HOLDOUT_SEED = 2018  # the validation pool's draw: fixed, independent of every run's seed
+
+
+def _per_class_draw(y: np.ndarray, labels, allowed: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in labels:
+        pool = np.flatnonzero((y == c) & allowed)
+        chosen.append(pool[rng.permutation(len(pool))[:per_class]])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def holdout_indices(split: Split, per_class: int) -> torch.Tensor:
+    """Sorted row indices of the validation pool: ``per_class`` images of every class, drawn once with
+    :data:`HOLDOUT_SEED` (the same pool for every run seed). ``subset(..., holdout=per_class)`` never draws them,
+    so a student's validation accuracy is measured on images that no training subset uses (never the test split)."""
     y = split.y.cpu().numpy()
     labels, counts = np.unique(y, return_counts=True)
-    smallest = int(counts.min()) if len(counts) else 0
+    if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) \
+            or not 1 <= per_class < int(counts.min()):
+        raise ValueError(f"a validation pool of {per_class!r} per class needs an integer from 1 to "
+                         f"{int(counts.min()) - 1} (the smallest class minus one image for training)")
+    return torch.from_numpy(_per_class_draw(y, labels, np.ones(len(y), bool), per_class, HOLDOUT_SEED))
+
+
+def subset_indices(split: Split, per_class, seed: int, holdout: int = 0) -> torch.Tensor:
+    """Sorted row indices of ``per_class`` examples of every class outside the validation pool of ``holdout``
+    per class (see :func:`subset`)."""
+    y = split.y.cpu().numpy()
+    labels, counts = np.unique(y, return_counts=True)
+    allowed = np.ones(len(y), bool)
+    if holdout:
+        allowed[holdout_indices(split, holdout).numpy()] = False
+    smallest = int(counts.min()) - (holdout or 0) if len(counts) else 0
     if per_class == "full":
-        return torch.arange(len(y))
+        return torch.from_numpy(np.flatnonzero(allowed).astype(np.int64))
     if isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) \
             or not 1 <= per_class <= smallest:
+        held = f", outside a validation pool of {holdout} per class" if holdout else ""
         raise ValueError(f"per_class must be an integer from 1 to {smallest} (the size of the smallest "
-                         f"class in this split) or 'full'; got {per_class!r}")
-    rng = np.random.default_rng(seed)
-    chosen = [np.flatnonzero(y == c)[rng.permutation(n)[:per_class]] for c, n in zip(labels, counts)]
-    return torch.from_numpy(np.sort(np.concatenate(chosen)).astype(np.int64))
+                         f"class in this split{held}) or 'full'; got {per_class!r}")
+    return torch.from_numpy(_per_class_draw(y, labels, allowed, per_class, seed))
 
 
-def subset(split: Split, per_class, seed: int) -> Split:
+def subset(split: Split, per_class, seed: int, holdout: int = 0) -> Split:
     """Exactly ``per_class`` examples of each class, kept in their original order.
 
     Classes are visited in increasing label order, each drawing one permutation of its
     (sorted) indices from ``numpy.random.default_rng(seed)`` and keeping its first
     ``per_class``: identical on every machine, and nested (5 per class ⊂ 10 per class for
-    the same seed).  ``per_class="full"`` returns ``split`` itself.
+    the same seed).  ``holdout``: leave out the validation pool of that many per class
+    (:func:`holdout_indices`); ``per_class="full"`` returns every image outside it.
     """
-    if per_class == "full":
+    if per_class == "full" and not holdout:
         return split
-    idx = subset_indices(split, per_class, seed).to(split.y.device)
+    idx = subset_indices(split, per_class, seed, holdout).to(split.y.device)
+    return Split(split.x[idx], split.y[idx])
+
+
+def holdout(split: Split, per_class: int) -> Split:
+    """The validation pool of ``per_class`` images per class (:func:`holdout_indices`)."""
+    idx = holdout_indices(split, per_class).to(split.y.device)
     return Split(split.x[idx], split.y[idx])
 
 
