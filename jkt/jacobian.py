@@ -56,6 +56,21 @@ def output_and_input_gradient(model: nn.Module, x: torch.Tensor, index, create_g
     return logits, grad, index
 
 
+def softmax_output_and_input_gradient(model: nn.Module, x: torch.Tensor, index, create_graph: bool = False):
+    """Like :func:`output_and_input_gradient` for the softmax probability of the selected output (Eq. 2's
+    ``S_s^c``): ``(logits, prob, grad, index)`` with ``prob[b] = softmax(logits[b])[index[b]]`` and ``grad[b]``
+    its gradient with respect to ``x[b]``."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        index = select_index(logits, index)
+        prob = logits.softmax(1).gather(1, index[:, None])[:, 0]
+        (grad,) = torch.autograd.grad(prob.sum(), x, create_graph=create_graph)
+    if not create_graph:
+        logits, prob = logits.detach(), prob.detach()
+    return logits, prob, grad, index
+
+
 def input_gradient(model: nn.Module, x: torch.Tensor, index, create_graph: bool = False) -> torch.Tensor:
     """For every sample b, the gradient of ``model(x)[b, index[b]]`` with respect to ``x[b]`` (shape of x)."""
     return output_and_input_gradient(model, x, index, create_graph)[1]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .jacobian import (frobenius_sq_estimate, full_jacobian_matching,
-                       output_and_input_gradient)
+                       output_and_input_gradient, softmax_output_and_input_gradient)
 from .validate import (check_choice, check_nonnegative_int, check_number, check_positive_int,
                        check_positive_number, check_sigma)
 
@@ -148,7 +148,7 @@ def attention_transfer(s_features, t_features, p: float = 2.0) -> torch.Tensor:
 # The combined objective and the presets
 
 JACOBIAN_OUTPUTS = ("target", "top1", "all")
-JACOBIAN_LOSSES = ("squared", "normalized")
+JACOBIAN_LOSSES = ("squared", "normalized", "ce")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,9 @@ class Objective:
     or match the full Jacobian ("all": the sum over outputs of Proposition 1; the teacher's Jacobians are
     cached, ``projections`` >= 1 Gaussian projections give an unbiased estimate at the cost of one output
     each, ``projections=0`` the exact loop over outputs).
-    jacobian_loss: "squared" (CIFAR-100 form) or "normalized" (CIFAR-10 form; one output only).
+    jacobian_loss: "squared" (CIFAR-100 form), "normalized" (CIFAR-10 form; one output only), or "ce": Eq. 2's
+    cross-entropy form, ``-(grad T_s^c . grad S_s^c) / S_s^c`` on the selected output's softmax probability (the
+    teacher's cached gradients are then of its softmax probability; one output only).
     hinton/temperature: Hinton soft-target distillation. noisy/sigma/samples: Monte-Carlo noisy-input
     distillation (Proposition 1's left side). penalty/projections: Proposition 2's Jacobian-norm penalty,
     on the selected output (projections=0) or the full Jacobian by random projections (projections>=1).
@@ -191,10 +193,19 @@ class Objective:
         check_nonnegative_int("projections", self.projections)
         if self.jacobian_output == "all" and self.jacobian_loss != "squared":
             raise ValueError("jacobian_output='all' matches full Jacobians with the squared loss; "
-                             "use jacobian_loss='squared' (the normalized form is defined for one output)")
+                             "use jacobian_loss='squared' (the normalized and ce forms are defined for one output)")
+        if self.jacobian_loss == "ce" and self.penalty > 0:
+            raise ValueError("jacobian_loss='ce' matches softmax-probability gradients; the penalty is on logits: "
+                             "use one of them per objective")
         if self.jacobian_output == "all" and self.penalty > 0 and self.projections == 0:
             raise ValueError("penalty with projections=0 penalises one output, the label's; with "
                              "jacobian_output='all' set projections >= 1 (both terms then use full Jacobians)")
+
+    @property
+    def first_order(self) -> bool:
+        """Whether the objective has a first-order term of Proposition 1: Jacobian matching, analytic (gamma) or by
+        Monte Carlo on noisy inputs (noisy). These terms fit slowly: the cpu profile gives them more steps."""
+        return self.gamma > 0 or self.noisy > 0
 
     @property
     def needs_teacher(self) -> bool:
@@ -225,8 +236,12 @@ class Objective:
                 index = teacher_index
             else:
                 index = y if self.jacobian_output == "target" else "top1"
-            logits, s_grad, _ = output_and_input_gradient(student, x, index, create_graph=True)
-            if self.gamma > 0:
+            if self.gamma > 0 and self.jacobian_loss == "ce":
+                logits, s_prob, s_grad, _ = softmax_output_and_input_gradient(student, x, index, create_graph=True)
+                terms["jac"] = jacobian_matching_ce(s_grad, teacher_grad, s_prob)
+            else:
+                logits, s_grad, _ = output_and_input_gradient(student, x, index, create_graph=True)
+            if self.gamma > 0 and self.jacobian_loss != "ce":
                 terms["jac"] = jacobian_matching(s_grad, teacher_grad, self.jacobian_loss == "normalized")
             if one_output_penalty:
                 terms["penalty"] = jacobian_norm_penalty(s_grad)
@@ -265,10 +280,16 @@ PRESETS = {
     "act+jac+ce": dict(alpha=1.0, beta=1.0, gamma=1.0),
     "act": dict(alpha=0.0, beta=1.0),
     "act+jac": dict(alpha=0.0, beta=1.0, gamma=1.0),
+    # The paper's two Jacobian losses side by side: the normalised form (its CIFAR-10 choice) as methods of their
+    # own, and Eq. 2's cross-entropy form (soft targets at temperature 1 and their Jacobian term, label-free).
+    "act+jacn": dict(alpha=0.0, beta=1.0, gamma=1.0, jacobian_loss="normalized"),
+    "act+jacn+ce": dict(alpha=1.0, beta=1.0, gamma=1.0, jacobian_loss="normalized"),
+    "soft+softjac": dict(alpha=0.0, hinton=1.0, temperature=1.0, gamma=1.0, jacobian_loss="ce"),
     # Beyond the paper: Proposition 1 used directly, and Hinton's soft targets.
     "noisy+ce": dict(alpha=1.0, noisy=1.0),
     "noisy": dict(alpha=0.0, noisy=1.0),
     "hinton+ce": dict(alpha=1.0, hinton=1.0),
+    "hinton": dict(alpha=0.0, hinton=1.0),
 }
 METHOD_LABELS = {
     "ce": "Regular Cross-Entropy (CE) training",
@@ -277,9 +298,13 @@ METHOD_LABELS = {
     "act+jac+ce": "Match {Activations + Jacobians} + CE",
     "act": "Match Activations only",
     "act+jac": "Match {Activations + Jacobians}",
+    "act+jacn": "Match {Activations + normalised Jacobians}",
+    "act+jacn+ce": "Match {Activations + normalised Jacobians} + CE",
+    "soft+softjac": "Match {softmax outputs + their Jacobians} by cross-entropy (Eq. 2)",
     "noisy+ce": "Match Activations under input noise (Monte Carlo) + CE",
     "noisy": "Match Activations under input noise (Monte Carlo)",
     "hinton+ce": "Hinton soft targets + CE",
+    "hinton": "Hinton soft targets",
 }
 
 

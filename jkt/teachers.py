@@ -15,7 +15,7 @@ from torch import nn
 
 from . import models
 from .data import Dataset, Split, batches, data_root
-from .jacobian import eval_mode, full_jacobian, output_and_input_gradient
+from .jacobian import eval_mode, full_jacobian, output_and_input_gradient, softmax_output_and_input_gradient
 from .losses import preset
 from .store import CorruptCheckpoint, config_hash, load_checkpoint, save_checkpoint
 from .train import HOLD_ON_DEVICE_BYTES, TeacherTargets, accuracy, fit, resolve_device, seed_everything
@@ -72,11 +72,13 @@ def get_teacher(data: Dataset, train: Split, config: dict, device="auto", root=N
 
 
 def teacher_targets(teacher: nn.Module, data: Dataset | None, split, jacobian_output: str = "target",
-                    with_gradients: bool = True, batch_size: int = 256, device="auto") -> TeacherTargets:
+                    with_gradients: bool = True, batch_size: int = 256, device="auto",
+                    softmax: bool = False) -> TeacherTargets:
     """The teacher's logits on every row of ``split`` and, with ``with_gradients``, the input gradient of
     the output that the student will match (the label for "target", the teacher's arg-max for "top1"),
     in eval mode (exact per-sample gradients), held on ``device`` for the whole training run.
-    ``jacobian_output="all"`` caches the full Jacobians (K times the memory of one gradient).
+    ``jacobian_output="all"`` caches the full Jacobians (K times the memory of one gradient). ``softmax``: the
+    gradients of the selected output's softmax probability instead of its logit (Eq. 2, ``jacobian_loss="ce"``).
     ``split``: a jkt ``Split`` of ``data``, or a ``torch.utils.data.Dataset``/``DataLoader`` of ``(x, y)``
     tensors (``data`` None) whose items do not change between epochs (no random augmentation): row i of the
     cache is item i. Pass the same object to :func:`jkt.train.fit`."""
@@ -96,6 +98,9 @@ def teacher_targets(teacher: nn.Module, data: Dataset | None, split, jacobian_ou
                     out = teacher(x)
                 grads.append(full_jacobian(teacher, x))
                 i = y
+            elif with_gradients and softmax:
+                out, _, g, i = softmax_output_and_input_gradient(teacher, x, which)
+                grads.append(g)
             elif with_gradients:
                 out, g, i = output_and_input_gradient(teacher, x, which)
                 grads.append(g)

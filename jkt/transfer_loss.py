@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .jacobian import eval_mode, output_and_input_gradient
+from .jacobian import eval_mode, output_and_input_gradient, softmax_output_and_input_gradient
 from .losses import Objective, preset
 
 
@@ -40,6 +40,9 @@ class JacobianMatching(nn.Module):
                 with torch.no_grad():
                     return self.teacher(x), None, None
             index = y if self.objective.jacobian_output == "target" else "top1"
+            if self.objective.jacobian_loss == "ce":  # Eq. 2: gradients of the softmax probability
+                logits, _, grad, index = softmax_output_and_input_gradient(self.teacher, x, index)
+                return logits, grad, index
             return output_and_input_gradient(self.teacher, x, index)
 
     def forward(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
