@@ -21,7 +21,7 @@ def cmd_distill(args) -> int:
     from .experiments import distill
 
     plan = distill.plan(args.profile, args.dataset, args.per_class, args.methods, args.seeds, args.epochs,
-                        args.batch_size, args.jacobian_output, args.jacobian_loss, device=args.device,
+                        args.steps, args.batch_size, args.jacobian_output, args.jacobian_loss, device=args.device,
                         results=args.results)
     pending = plan.pending()
     print(f"profile={plan.profile.name} dataset={plan.dataset} per_class={plan.per_class} device={plan.device}: "
@@ -90,6 +90,7 @@ def main(argv=None) -> int:
     d.add_argument("--methods", nargs="+", default=None, help="method presets (default: the six of Tables 1-2)")
     d.add_argument("--seeds", nargs="+", type=int, default=None)
     d.add_argument("--epochs", type=int, default=None)
+    d.add_argument("--steps", type=int, default=None, help="optimisation steps per student (default: the profile's)")
     d.add_argument("--batch-size", type=int, default=None)
     d.add_argument("--jacobian-output", default="target", help="target, top1 or all (full Jacobians, projections)")
     d.add_argument("--jacobian-loss", default=None, help="squared or normalized (default: the paper's)")
@@ -102,10 +103,12 @@ def main(argv=None) -> int:
                                    "then notebooks/06_reproduce.ipynb. Resumable: run it again after any interruption. "
                                    "Exit code 1 when any notebook failed.")
     r.add_argument("--profile", default="cpu", help="smoke, cpu or paper (default cpu)")
-    r.add_argument("--only", nargs="+", choices=["distill", "robustness", "transfer", "figures"], default=None,
-                   help="run only these parts (default all; figures: notebooks 01, 02 and 04's three routes); "
-                        "the report still covers every record")
-    r.add_argument("--seeds", type=int, default=None, metavar="N", help="seeds 0..N-1 (default: the profile's)")
+    r.add_argument("--only", nargs="+", choices=["distill", "curves", "robustness", "transfer", "figures"],
+                   default=None, help="run only these parts (default all; curves: the learning curves that check the "
+                                      "students' steps; figures: notebooks 01, 02 and 04's three routes); the report "
+                                      "still covers every record")
+    r.add_argument("--seeds", type=int, default=None, metavar="N",
+                   help="seeds 0..N-1 everywhere (default: the profile's, per per_class for distillation)")
     r.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local worker processes (default: one per GPU, else one per core within memory)")
     r.add_argument("--scheduler", default=None, metavar="ADDRESS",

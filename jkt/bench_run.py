@@ -61,7 +61,9 @@ def student_run_parts(per_class: int, method: str = "act+jac+ce", seed: int = 0,
     targets = teachers.teacher_targets(teacher, data, split, objective.jacobian_output,
                                        with_gradients=objective.gamma > 0, device="cpu")
     t2 = time.perf_counter()
-    train.fit(student, data, split, objective, p.student_epochs_for(len(split)), p.batch_size, seed=seed,
+    epochs = (p.student_epochs_for(len(split), per_class=per_class, first_order=objective.first_order)
+              if hasattr(p, "steps_for") else p.student_epochs_for(len(split)))  # a baseline before per-size steps
+    train.fit(student, data, split, objective, epochs, p.batch_size, seed=seed,
               lr=p.lr, anneal_at=p.anneal_at, device="cpu", teacher_targets=targets, progress=False)
     t3 = time.perf_counter()
     acc = train.accuracy(student, data, data.test, device="cpu")

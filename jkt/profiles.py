@@ -92,7 +92,8 @@ class Profile:
     student_arch: str
     student_width: float
     student_epochs: int | None        # None: derived from student_steps and the subset size
-    student_steps: int | None         # optimisation steps per student run when epochs is None
+    student_steps: object             # optimisation steps per student run when epochs is None: an int, or
+                                      # {per_class: steps} (the levelled-off points of the learning curves)
     batch_size: int
     per_class: int                    # the default per-class size of notebook 03
     per_class_grid: dict              # dataset -> the per-class sizes of the batch reproduction
@@ -111,12 +112,53 @@ class Profile:
     # (2 noise draws per image: every student sees the same draws, so they cancel in the paired comparisons)
     mechanism: dict = field(default_factory=lambda: {"images": 1000, "sigmas": (0.1, 0.3), "draws": 2})
     robust_test_per_class: object = "full"  # the test images of Table 3 ("full": the official test split)
+    robust_strengths: tuple = (0.0, 0.01, 0.1, 0.5, 1.0)  # Table 3's rows (the paper's five)
     lr: float = 1e-3
     anneal_at: float = 0.8
+    # the distillation students' validation pool: images per class of the training split that no subset uses
+    # (jkt.data.holdout); 0: none
+    validation_per_class: int = 0
+    jacobian_steps: object = None     # steps of the methods with a Jacobian or noise term (like student_steps);
+                                      # None: student_steps
+    # the batch's distillation grid: the methods at every per_class, those added per per_class (the Jacobian
+    # losses side by side, the practitioner's comparison), and the seeds per per_class (None: the profile's)
+    grid_methods: tuple = ("ce", "act+ce", "jac+ce", "act+jac+ce", "act", "act+jac")
+    extra_methods: dict = field(default_factory=dict)
+    grid_seeds: dict | None = None
+    seeds_per_job: dict = field(default_factory=dict)  # per_class -> seeds per batch job (default 1): small cells
+                                                       # share one notebook's start-up (kernel, teacher, data)
+    # the learning curves that check the students' steps: these methods and seeds also trained for each factor
+    # times the profile's steps at every per_class of the grid (validation accuracy against steps)
+    curves: dict = field(default_factory=dict)
 
-    def student_epochs_for(self, n_train: int, batch_size: int | None = None) -> int:
-        """Epochs of a student run on ``n_train`` images (:func:`epochs_for` with the profile's schedule)."""
-        return epochs_for(n_train, batch_size or self.batch_size, self.student_epochs, self.student_steps)
+    def steps_for(self, per_class, first_order: bool = False) -> int | None:
+        """The student's optimisation steps at ``per_class`` (``first_order``: of a method with a Jacobian or noise
+        term, jkt.losses.Objective.first_order, which has its own ``jacobian_steps`` when set): the number itself,
+        or the entry of the nearest listed size (on a log scale; "full" counts as the largest)."""
+        steps = self.jacobian_steps if first_order and self.jacobian_steps is not None else self.student_steps
+        if not isinstance(steps, dict):
+            return steps
+        if per_class in steps:
+            return steps[per_class]
+        size = lambda v: math.inf if v == "full" else math.log(float(v))
+        return steps[min(steps, key=lambda k: abs(size(k) - size(per_class)) if size(per_class) < math.inf
+                         else -size(k))]
+
+    def student_epochs_for(self, n_train: int, batch_size: int | None = None, per_class=None,
+                           steps: int | None = None, first_order: bool = False) -> int:
+        """Epochs of a student run on ``n_train`` images (:func:`epochs_for` with the profile's schedule):
+        ``steps`` when given, else the profile's steps at ``per_class``."""
+        return epochs_for(n_train, batch_size or self.batch_size, self.student_epochs,
+                          steps if steps is not None else self.steps_for(per_class, first_order))
+
+    def seeds_for(self, per_class) -> tuple:
+        """The batch grid's seeds at ``per_class``: 0..n-1 from ``grid_seeds``, else the profile's seeds."""
+        n = (self.grid_seeds or {}).get(per_class)
+        return tuple(range(n)) if n else self.seeds
+
+    def methods_for(self, per_class) -> tuple:
+        """The batch grid's distillation methods at ``per_class``."""
+        return tuple(self.grid_methods) + tuple(self.extra_methods.get(per_class, ()))
 
     def transfer_recipe(self, setting: str) -> Recipe:
         """The transfer recipe of ``setting`` (offline, paper): the setting's fields, the profile's elsewhere."""
@@ -124,7 +166,7 @@ class Profile:
         s = self.transfer[setting]
         pick = lambda name, default: default if getattr(s, name) is None else getattr(s, name)
         steps, epochs = ((s.student_steps, s.student_epochs) if s.student_steps or s.student_epochs
-                         else (self.student_steps, self.student_epochs))
+                         else (self.steps_for(pick("per_class", self.per_class)), self.student_epochs))
         return Recipe(dataset=pick("dataset", self.dataset), source_classes=s.source_classes,
                       target_classes=s.target_classes, image_size=s.image_size,
                       teacher_arch=pick("teacher_arch", self.teacher_arch),
@@ -192,17 +234,27 @@ PROFILES = {
                    fd_points=2, fd_directions=2, timing_batch=32, timing_repeats=3, timing_min_seconds=0.02,
                    bn_batch_sizes=(8, 32), bn_rows=4,
                    student_steps=40, gradient_examples=3, estimator_points=6, estimator_repeats=8),
-        mechanism={"images": 200, "sigmas": (0.1, 0.3), "draws": 2}),
+        mechanism={"images": 200, "sigmas": (0.1, 0.3), "draws": 2}, validation_per_class=20,
+        extra_methods={5: ("act+jacn", "soft+softjac", "noisy", "hinton")},
+        curves={"methods": ("act",), "factors": (2,), "seeds": (0,)}),
     "cpu": Profile(
         name="cpu", dataset="fashion-mnist", datasets=("fashion-mnist",),
         teacher_arch="vgg9", teacher_width=1 / 8, teacher_epochs=3, teacher_batch_size=128,
-        student_arch="vgg4", student_width=1 / 4, student_epochs=None, student_steps=200, batch_size=128,
-        per_class=10, per_class_grid={"fashion-mnist": (1, 5, 10, 50, 100)}, seeds=(0, 1, 2),
-        robust_width=1 / 8, robust_epochs=2, robust_per_class=500, noise_draws=3,
+        student_arch="vgg4", student_width=1 / 4, student_epochs=None, batch_size=128,
+        # steps where the pilot learning curves of 2026-12-05 (seed 0, validation pool) level off or the budget
+        # ends: outputs-only methods level off within 200-400 steps at 1-10 per class; the Jacobian and noise
+        # terms fit slowly (act+jac at 5 per class: 66.4, 67.2, 67.8, 69.3 at 200, 400, 800, 1600 steps)
+        student_steps={1: 200, 5: 200, 10: 400, 100: 800}, jacobian_steps={1: 800, 5: 800, 10: 1600, 100: 800},
+        per_class=10, per_class_grid={"fashion-mnist": (1, 5, 10, 100)}, seeds=(0, 1, 2),
+        grid_seeds={1: 6, 5: 3, 10: 3, 100: 2}, seeds_per_job={1: 3},
+        extra_methods={1: ("act+jacn", "soft+softjac", "noisy", "hinton"),
+                       5: ("act+jacn", "soft+softjac", "noisy", "hinton"), 10: ("noisy", "hinton")},
+        curves={"methods": ("act", "act+jac"), "factors": (0.5, 2), "seeds": (0,)},
+        robust_width=1 / 8, robust_epochs=16, robust_per_class=500, noise_draws=2, robust_strengths=(0.0, 0.1, 1.0),
         transfer={"offline": TransferSetting(**_FASHION, student_steps=150),
                   "paper": TransferSetting(**_RESNET_TEACHER, image_size=112, teacher_width=1.0, student_width=1 / 4,
                                            student_steps=300, per_class=25)},
-        sizes=_SIZES),
+        sizes=_SIZES, validation_per_class=500),
     "paper": Profile(
         name="paper", dataset="cifar100", datasets=("cifar10", "cifar100"),
         teacher_arch="vgg9", teacher_width=1.0, teacher_epochs=500, teacher_batch_size=128,
@@ -214,7 +266,7 @@ PROFILES = {
                   "paper": TransferSetting(**_RESNET_TEACHER, image_size=224, teacher_width=1.0, per_class=25)},
         transfer_grid=("paper", (25, 50, "full")),
         sizes=dict(_SIZES, points=12, draws=128_000, timing_batch=128, timing_repeats=5, bn_rows=16,
-                   student_steps=400, estimator_repeats=48)),
+                   student_steps=400, estimator_repeats=48), validation_per_class=50),
 }
 
 # The supplementary: normalised Jacobian matching on CIFAR-10, plain squared error on CIFAR-100.

@@ -26,12 +26,14 @@ METHODS = tuple(PRESETS)
 
 def method_objective(method: str, jacobian_output="target", jacobian_loss="squared", sigma=0.1, samples=1,
                      temperature=4.0):
-    """The objective of ``method`` with only the options that method uses."""
+    """The objective of ``method`` with only the options that method uses; an option its preset fixes (the loss of
+    act+jacn, the temperature of soft+softjac) is not overridden."""
     base = preset(method)
-    return preset(method, **used_options(
+    options = used_options(
         {"jacobian": base.gamma > 0, "noisy": base.noisy > 0, "hinton": base.hinton > 0},
         {"jacobian": dict(jacobian_output=jacobian_output, jacobian_loss=jacobian_loss),
-         "noisy": dict(sigma=sigma, samples=samples), "hinton": dict(temperature=temperature)}))
+         "noisy": dict(sigma=sigma, samples=samples), "hinton": dict(temperature=temperature)})
+    return preset(method, **{k: v for k, v in options.items() if k not in PRESETS[method]})
 
 
 @dataclass
@@ -43,6 +45,7 @@ class DistillPlan:
     methods: list
     seeds: list
     epochs: int | None
+    steps: int | None
     batch_size: int
     jacobian_output: str
     jacobian_loss: str
@@ -59,7 +62,13 @@ class DistillPlan:
         return profile_teacher_config(self.profile, self.dataset)
 
     def train_split(self, seed: int) -> jdata.Split:
-        return jdata.subset(self.data.train, self.per_class, seed)
+        """The seed's training subset, drawn outside the profile's validation pool."""
+        return jdata.subset(self.data.train, self.per_class, seed, holdout=self.profile.validation_per_class)
+
+    def validation_split(self) -> jdata.Split | None:
+        """The validation pool (training images no subset uses), or None when the profile has none."""
+        n = self.profile.validation_per_class
+        return jdata.holdout(self.data.train, n) if n else None
 
     def objective(self, method: str):
         return method_objective(method, self.jacobian_output, self.jacobian_loss, self.sigma, self.samples,
@@ -67,8 +76,10 @@ class DistillPlan:
 
     def run_config(self, method: str, seed: int) -> dict:
         p = self.profile
-        n_train = len(self.data.train) if self.per_class == "full" else self.per_class * self.data.num_classes
-        epochs = self.epochs if self.epochs is not None else p.student_epochs_for(n_train, self.batch_size)
+        n_train = (len(self.data.train) - p.validation_per_class * self.data.num_classes if self.per_class == "full"
+                   else self.per_class * self.data.num_classes)
+        epochs = self.epochs if self.epochs is not None else p.student_epochs_for(
+            n_train, self.batch_size, self.per_class, self.steps, self.objective(method).first_order)
         return {**identity("distill", p, self.dataset), "per_class": self.per_class, "method": method, "seed": seed,
                 "objective": self.objective(method).to_dict(), "student": p.student_arch,
                 "student_width": p.student_width, "epochs": epochs, "batch_size": self.batch_size,
@@ -98,7 +109,8 @@ class DistillPlan:
             teacher, teacher_meta = self.teacher()
             m = self.profile.mechanism
             cache = {"mechanism": mechanism.reference(teacher, self.data, self.data.test, m["images"], m["sigmas"],
-                                                      m["draws"], device=self.device)}
+                                                      m["draws"], device=self.device),
+                     "validation": self.validation_split()}
             run_pending(todo, lambda ms: self._run_one(*ms, teacher, teacher_meta, cache), self.progress,
                         f"distill {self.dataset} per_class={self.per_class}", lambda ms: f"{ms[0]}, seed {ms[1]}")
         return self.records()
@@ -111,12 +123,14 @@ class DistillPlan:
         train = self.train_split(seed)
         targets = None
         if objective.needs_teacher:
-            key = (seed, objective.jacobian_output, objective.gamma > 0)
+            softmax = objective.jacobian_loss == "ce"
+            key = (seed, objective.jacobian_output, objective.gamma > 0, softmax)
             if key not in cache:
-                for old in [k for k in cache if k != "mechanism"]:
+                for old in [k for k in cache if k not in ("mechanism", "validation")]:
                     del cache[old]
                 cache[key] = teacher_targets(teacher, self.data, train, objective.jacobian_output,
-                                             with_gradients=objective.gamma > 0, device=self.device)
+                                             with_gradients=objective.gamma > 0, device=self.device,
+                                             softmax=softmax)
             targets = cache[key]
         seed_everything(seed)
         student = models.build(self.profile.student_arch, self.data.in_channels, self.data.num_classes,
@@ -128,9 +142,12 @@ class DistillPlan:
                       teacher_targets=targets, teacher=teacher if objective.noisy > 0 else None,
                       progress=self.progress, desc=f"{method} seed {seed}")
         test_acc = accuracy(student, self.data, self.data.test, device=self.device)
+        val = cache["validation"]
+        val_acc = None if val is None else accuracy(student, self.data, val, device=self.device)
         mech_start = time.perf_counter()
         mech = mechanism.metrics(student, cache["mechanism"])
         metrics = run_metrics(history, start, len(train), self.device, test_accuracy=test_acc,
+                              validation_accuracy=val_acc,
                               teacher_test_accuracy=teacher_meta["test_accuracy"], **pairing, **mech,
                               mech_seconds=time.perf_counter() - mech_start)
         store.save_record(config, metrics, self.results)
@@ -163,13 +180,13 @@ class DistillPlan:
 
 
 def plan(profile: str = "cpu", dataset: str | None = None, per_class=None, methods=PAPER_METHODS, seeds=None,
-         epochs=None, batch_size=None, jacobian_output: str = "target", jacobian_loss=None, sigma: float = 0.1,
-         samples: int = 1, temperature: float = 4.0, device: str = "auto", *, results=None, data_root=None,
-         progress: bool = True) -> DistillPlan:
+         epochs=None, steps=None, batch_size=None, jacobian_output: str = "target", jacobian_loss=None,
+         sigma: float = 0.1, samples: int = 1, temperature: float = 4.0, device: str = "auto", *, results=None,
+         data_root=None, progress: bool = True) -> DistillPlan:
     """Validate every parameter (ValueError naming it), load the dataset, and return the plan.
 
     The arguments are notebook 03's parameters, with its defaults. None means the profile's value (dataset,
-    per_class, seeds, epochs, batch_size) or the paper's (jacobian_loss: normalised on CIFAR-10, squared
+    per_class, seeds, epochs or steps, batch_size) or the paper's (jacobian_loss: normalised on CIFAR-10, squared
     elsewhere). Lists may arrive as text (papermill's ``-p``). Nothing is trained or written here.
     """
     p = profiles.get(profile)
@@ -178,6 +195,10 @@ def plan(profile: str = "cpu", dataset: str | None = None, per_class=None, metho
     seeds = check_seeds("seeds", list(p.seeds) if seeds is None else as_list("seeds", seeds, "[0, 1, 2]"))
     if epochs is not None:
         check_positive_int("epochs", epochs)
+    if steps is not None:
+        check_positive_int("steps", steps)
+        if epochs is not None:
+            raise ValueError(f"epochs={epochs!r} and steps={steps!r}: give one of them (None: the profile's)")
     batch_size = check_positive_int("batch_size", p.batch_size if batch_size is None else batch_size)
     check_choice("jacobian_output", jacobian_output, ["target", "top1", "all"])
     jacobian_loss = profiles.default_jacobian_loss(dataset) if jacobian_loss is None else jacobian_loss
@@ -189,5 +210,5 @@ def plan(profile: str = "cpu", dataset: str | None = None, per_class=None, metho
     device = resolve_device(device)
     data = jdata.load(dataset, root=data_root)
     check_fits("per_class", per_class, data.train)
-    return DistillPlan(p, dataset, per_class, list(methods), seeds, epochs, batch_size, jacobian_output, jacobian_loss,
-                       float(sigma), int(samples), float(temperature), device, data, results, progress)
+    return DistillPlan(p, dataset, per_class, list(methods), seeds, epochs, steps, batch_size, jacobian_output,
+                       jacobian_loss, float(sigma), int(samples), float(temperature), device, data, results, progress)

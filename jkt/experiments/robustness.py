@@ -37,7 +37,6 @@ ROUTE_LABELS = {
     "noise": "Gaussian-noise training at sigma = sqrt(lambda)",
     "projection": "full-Jacobian penalty, random projections",
 }
-PAPER_STRENGTHS = tuple(paper.TABLE3_ROBUSTNESS["rows"])
 PAPER_SIGMAS = paper.TABLE3_ROBUSTNESS["sigmas"]
 ARCH = "vgg9"
 EVAL_BATCH = 1000
@@ -367,21 +366,23 @@ def jacobian_norms(model, dataset: jdata.Dataset, split: jdata.Split, n: int = J
     return {"label_output_sq": label / len(part), "frobenius_sq": frob / len(part), "images": len(part)}
 
 
-def plan(profile: str = "cpu", dataset: str | None = None, strengths=PAPER_STRENGTHS, sigmas=PAPER_SIGMAS,
+def plan(profile: str = "cpu", dataset: str | None = None, strengths=None, sigmas=PAPER_SIGMAS,
          noise_draws=None, seeds=None, routes=ROUTES, device: str = "auto", *, results=None, progress: bool = True,
          width=None, epochs=None, per_class=None, test_per_class=None, batch_size=None, projections: int = 1,
          noise_seed: int = 0, data_root=None) -> RobustnessPlan:
     """Validate every parameter (ValueError naming it and what is allowed), load the dataset, return the plan.
 
     The positional arguments are notebook 04's parameters, with its defaults. None means the profile's value:
-    dataset, noise_draws, width/epochs/per_class (robust_*), batch_size, test_per_class (robust_test_per_class);
+    dataset, strengths, noise_draws, width/epochs/per_class (robust_*), batch_size, test_per_class
+    (robust_test_per_class);
     seeds None means one network per strength (seed 0), as in the paper. Lists may arrive as text (papermill's
     ``-p``). Nothing is trained or written here.
     """
     p = profiles.get(profile)
     dataset = check_dataset(p.dataset if dataset is None else dataset)
     strengths = _check_distinct("strengths", check_numbers(
-        "strengths", as_list("strengths", strengths, "[0, 0.01, 0.1, 0.5, 1.0]"), minimum=0.0))
+        "strengths", as_list("strengths", p.robust_strengths if strengths is None else strengths,
+                             "[0, 0.01, 0.1, 0.5, 1.0]"), minimum=0.0))
     sigmas = _check_distinct("sigmas", check_numbers(
         "sigmas", as_list("sigmas", sigmas, "[0, 0.1, 0.2, 0.3, 0.4]"), minimum=0.0))
     noise_draws = check_positive_int("noise_draws", p.noise_draws if noise_draws is None else noise_draws)
