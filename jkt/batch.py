@@ -20,6 +20,7 @@ than smoke (else to ``<out>/<profile>/figures``), each name carrying its profile
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -38,7 +39,7 @@ from .store import REPO
 from .validate import check_choices, check_positive_int
 from .workers import DaskPool, LocalPool, default_workers, gpu_ids, threads_per_job
 
-PARTS = (*EXPERIMENTS, "figures")  # what --only chooses from
+PARTS = (*EXPERIMENTS, "curves", "figures")  # what --only chooses from
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = {"taylor": "01_taylor_equivalence.ipynb", "jacobians": "02_jacobians.ipynb", **EXPERIMENT_NOTEBOOKS,
              "report": "06_reproduce.ipynb"}
@@ -77,10 +78,22 @@ class Job:
         return f"{self.experiment}/{self.name}"
 
 
-def _seeds(profile: profiles.Profile, seeds) -> list[int]:
-    if seeds is None:
-        return list(profile.seeds)
-    return list(range(check_positive_int("seeds", seeds)))
+def curve_jobs(p: profiles.Profile, per_class) -> list[tuple[int, list]]:
+    """The learning curves' extra runs at ``per_class``: ``(steps, methods)`` for each factor of ``p.curves`` times
+    each curve method's own steps (the factor 1 is the grid's run)."""
+    from .losses import preset
+
+    runs = {}
+    for method in p.curves.get("methods", ()):
+        base = p.steps_for(per_class, preset(method).first_order)
+        for f in p.curves.get("factors", ()):
+            if base and f != 1:
+                runs.setdefault(max(1, round(base * f)), []).append(method)
+    return sorted(runs.items())
+
+
+def _largest_first(per_classes) -> list:
+    return sorted(per_classes, key=lambda pc: math.inf if pc == "full" else float(pc), reverse=True)
 
 
 def _slug(value) -> str:
@@ -99,17 +112,20 @@ def figures_out(profile: str, out=None) -> Path:
 def plan(profile: str = "cpu", only=None, seeds=None, out=None, device: str = "auto") -> list[Job]:
     """The paper's grid for ``profile`` as jobs, one per (dataset or setting, per_class or seed):
 
-    * distill (Tables 1-2): every dataset of the profile x its ``per_class_grid`` x seeds, the six methods;
+    * distill (Tables 1-2): every dataset of the profile x its ``per_class_grid`` x its seeds at that size, one
+      job per seed with the profile's methods at that size (``Profile.methods_for``, ``Profile.seeds_for``);
+    * curves: the learning curves that check the students' steps (``Profile.curves``, :func:`curve_jobs`);
     * robustness (Table 3): one job per seed, the notebook's strengths x sigmas (the paper's), the penalty route;
     * transfer (the poster's table): one job per per_class size and seed, the six rows;
     * figures: notebooks 01 and 02, and 04 with its three routes on seed 0 (the figures the README cites).
 
-    ``only``: a list of parts (default all); ``seeds``: an int N for seeds 0..N-1 (default the profile's).
+    ``only``: a list of parts (default all); ``seeds``: an int N for seeds 0..N-1 everywhere (default the
+    profile's, per per_class for distill).
     Nothing is run or written here.
     """
     p = profiles.get(profile)
     only = list(PARTS) if only is None else check_choices("only", list(only), PARTS)
-    seeds = _seeds(p, seeds)
+    seeds = None if seeds is None else list(range(check_positive_int("seeds", seeds)))
     root = Path(out or default_out()).resolve() / p.name  # absolute: a Dask worker has its own working folder
     jobs = []
 
@@ -122,24 +138,35 @@ def plan(profile: str = "cpu", only=None, seeds=None, out=None, device: str = "a
 
     if "distill" in only:
         for dataset in p.datasets:
-            for per_class in p.per_class_grid[dataset]:
-                for s in seeds:
-                    job("distill", f"{_slug(dataset)}-per_class{per_class}-seed{s}",
-                        {"dataset": dataset, "per_class": per_class, "seeds": [s]}, group=f"distill/{dataset}")
+            for per_class in _largest_first(p.per_class_grid[dataset]):  # the longest jobs first: better packing
+                cell = list(seeds if seeds is not None else p.seeds_for(per_class))
+                k = p.seeds_per_job.get(per_class, 1)
+                for chunk in (cell[i:i + k] for i in range(0, len(cell), k)):
+                    name = f"seed{chunk[0]}" + (f"-{chunk[-1]}" if len(chunk) > 1 else "")
+                    job("distill", f"{_slug(dataset)}-per_class{per_class}-{name}",
+                        {"dataset": dataset, "per_class": per_class, "seeds": chunk,
+                         "methods": list(p.methods_for(per_class))}, group=f"distill/{dataset}")
+    if "curves" in only and p.curves:
+        for dataset in p.datasets:
+            for per_class in _largest_first(p.per_class_grid[dataset]):
+                for steps, methods in reversed(curve_jobs(p, per_class)):
+                    job("distill", f"{_slug(dataset)}-per_class{per_class}-steps{steps}",
+                        {"dataset": dataset, "per_class": per_class, "seeds": list(p.curves["seeds"]),
+                         "methods": methods, "steps": steps}, group=f"distill/{dataset}")
     if "robustness" in only:
-        for s in seeds:
+        for s in seeds if seeds is not None else p.seeds:
             job("robustness", f"{_slug(p.dataset)}-seed{s}", {"seeds": [s], "routes": list(ROBUSTNESS_ROUTES)})
-    if "transfer" in only:
-        setting, grid = p.transfer_grid
-        for per_class in grid or (p.transfer_recipe(setting).per_class,):
-            for s in seeds:
-                job("transfer", f"{setting}-per_class{per_class}-seed{s}",
-                    {"setting": setting, "per_class": per_class, "seeds": [s]}, group=f"transfer/{setting}")
     if "figures" in only:
         figures = figures_out(p.name, out)
         job("taylor", "01_taylor_equivalence", {}, figures=figures)
         job("jacobians", "02_jacobians", {}, group=f"distill/{p.dataset}", figures=figures)
         job("robustness", f"{_slug(p.dataset)}-routes-seed0", {"seeds": [0]}, figures=figures)
+    if "transfer" in only:
+        setting, grid = p.transfer_grid
+        for per_class in grid or (p.transfer_recipe(setting).per_class,):
+            for s in seeds if seeds is not None else p.seeds:
+                job("transfer", f"{setting}-per_class{per_class}-seed{s}",
+                    {"setting": setting, "per_class": per_class, "seeds": [s]}, group=f"transfer/{setting}")
     names = [j.output for j in jobs]
     assert len(set(names)) == len(names), "two jobs would write the same notebook"
     return jobs

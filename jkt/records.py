@@ -14,14 +14,16 @@ def _py(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _default_keys(experiment: str, records, profile: str, results=None) -> set:
+def _default_keys(experiment: str, records, profile: str, results=None, by_epochs: bool = False) -> set:
     """The keys among ``records`` that the experiment's notebook makes with its default options at the records'
-    grid coordinates (a record of any other configuration is a variant, left out of the paper's tables)."""
-    cells = ["dataset", "per_class"] + (["setting"] if experiment == "transfer" else [])
+    grid coordinates (a record of any other configuration is a variant, left out of the paper's tables).
+    ``by_epochs``: also at the records' own epochs (the learning curves' runs, default options otherwise)."""
+    cells = ["dataset", "per_class"] + (["setting"] if experiment == "transfer" else []) + \
+        (["epochs"] if by_epochs else [])
     keys = set()
     for values, rows in records.groupby(cells, sort=False):
-        plan = make_plan(experiment, profile=profile, results=results, progress=False,
-                         **{k: _py(v) for k, v in zip(cells, values)})
+        parameters = {k: _py(v) for k, v in zip(cells, values)}
+        plan = make_plan(experiment, profile=profile, results=results, progress=False, **parameters)
         keys |= {config_hash(plan.run_config(m, int(s))) for m, s in zip(rows["method"], rows["seed"])}
     return keys
 
@@ -44,7 +46,8 @@ def _robustness_curves(records, profile: str, results=None):
 def profile_records(profile: str, results=None, experiments=tuple(EXPERIMENTS)) -> tuple[dict, list]:
     """``({experiment: DataFrame}, notes)`` for the records that ``profile``'s current recipe made (their identity,
     jkt.experiments.common.identity: profile name and recipe hash), in the notebooks' default configuration:
-    distill and transfer one row per run; robustness one row per network, sigma and noise draw. ``notes`` says
+    distill and transfer one row per run; robustness one row per network, sigma and noise draw; ``curves``: the
+    distillation runs of the default options at any number of steps (the grid's and the learning curves'). ``notes`` says
     which records were left out and why. An unreadable record, or a dataset missing here, is an error."""
     import pandas as pd
 
@@ -61,9 +64,14 @@ def profile_records(profile: str, results=None, experiments=tuple(EXPERIMENTS)) 
                 df = _robustness_curves(df, p.name, results)
             elif len(df):
                 mask = df["key"].isin(_default_keys(experiment, df, p.name, results))
-                if (~mask).any():
-                    notes.append(f"{experiment}: {int((~mask).sum())} record(s) made with non-default options "
+                known = mask
+                if experiment == "distill":  # the learning curves: default options at other numbers of steps
+                    known = df["key"].isin(_default_keys(experiment, df, p.name, results, by_epochs=True))
+                    tables["curves"] = df[known].reset_index(drop=True)
+                if (~known).any():
+                    notes.append(f"{experiment}: {int((~known).sum())} record(s) made with non-default options "
                                  f"(e.g. from a notebook run by hand) are left out")
                 df = df[mask].reset_index(drop=True)
             tables[experiment] = df if len(df) else pd.DataFrame()
+    tables.setdefault("curves", pd.DataFrame())
     return tables, notes

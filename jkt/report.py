@@ -155,17 +155,23 @@ CLAIMS = [
     ("distill-low", "Distillation beats training from scratch at low data", "Tables 1-2"),
     ("jacobian-low", "Matching activations and Jacobians beats activations alone at low data", "Tables 1-2"),
     ("jacobian-full", "At full data, Jacobians do not help", "Tables 1-2"),
+    ("jacobian-loss", "The normalised Jacobian loss (the paper's CIFAR-10 form) beats the squared one (Proposition 1's)",
+     "supplementary"),
+    ("squared-vs-ce", "The squared loss works better than cross-entropy for distillation: act+jac (Proposition 1) "
+                      "beats Eq. 2's cross-entropy form soft+softjac", "Section 5"),
     ("mechanism", "Jacobian matching brings the student's input gradients, and its outputs under noise, closer to "
                   "the teacher's than activation matching alone", "Proposition 1"),
     ("penalty-noise", "The Jacobian-norm penalty raises accuracy under noise as its strength grows", "Table 3"),
     ("penalty-clean", "... while clean accuracy stays close", "Table 3"),
     ("lwf-jacobian", "LwF + Jacobians beats LwF", "transfer table"),
     ("attention-jacobian", "Attention + Jacobians beats attention", "transfer table"),
+    ("practitioner", "Beyond the paper: act+jac beats Monte-Carlo noisy-input distillation and Hinton soft targets "
+                     "at low data (their training seconds in the practitioner's table)", "Proposition 1"),
 ]
 
 
 def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, low_data: int = 10,
-           margin: float = 1.0, clean_margin: float = 2.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+           margin: float = 1.0, clean_margin: float = 2.0, improving=()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper's claims tested on our records, methods paired within a seed (jkt.stats): ``(claims, cells)``.
 
     ``cells``: one row per comparison (a dataset and per_class, or a sigma): the paired mean difference, its
@@ -174,8 +180,12 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
     inside +-``margin``, or "not resolved"). ``claims``: one row per claim (jkt.report.CLAIMS), its cells'
     verdicts combined. Low data: per_class <= ``low_data``; full data: per_class "full", else our largest
     (said so). ``margin``: a smaller gain counts as no help; ``clean_margin``: how close "close" is.
+    ``improving``: (dataset, per_class, family) whose students the learning curves show still improving
+    (jkt.curves.still_improving): a comparison of a method of that family there keeps its verdict only if it
+    favours that method (more steps can only widen its lead), else it is "not resolved".
     """
-    from .stats import combine, holm_verdicts, paired, trend
+    from .curves import family
+    from .stats import combine, holm_verdicts, paired
 
     empty = pd.DataFrame()
     distill = empty if distill is None else distill
@@ -186,11 +196,15 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
     def by_seed(rows, column="test_accuracy"):
         return rows.groupby("seed")[column].mean()
 
-    def cell(claim, where, a_name, b_name, a, b, kind, m=margin):
+    def rising(dataset, pc, method):  # the method's family was still improving at this cell
+        return (dataset, pc, family(method)) in improving
+
+    def cell(claim, where, a_name, b_name, a, b, kind, m=margin, at=None):
         if not len(a) or not len(b):
             return  # a method that was not run: no comparison
+        still = [side for side, name in (("a", a_name), ("b", b_name)) if at is not None and rising(*at, name)]
         cells.append({"claim": claim, "where": where, "comparison": f"{a_name} - {b_name}",
-                      **paired(a, b, kind, alpha, m)})
+                      **paired(a, b, kind, alpha, m), "improving": "".join(still)})
 
     if len(distill):
         check_pairing(distill, ["dataset", "per_class", "seed"])
@@ -202,35 +216,41 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
             def acc(m, pc):
                 return by_seed(part[(part["method"] == m) & (part["per_class"] == pc)])
 
-            for pc in [v for v in per_classes if v != "full" and float(v) <= low_data]:
+            for pc in per_classes:
                 where = f"{dataset}, per_class {pc}"
-                for a_name in ("act+ce", "act"):
-                    cell("distill-low", where, a_name, "ce", acc(a_name, pc), acc("ce", pc), "greater")
-                for a_name, b_name in (("act+jac+ce", "act+ce"), ("act+jac", "act")):
-                    cell("jacobian-low", where, a_name, b_name, acc(a_name, pc), acc(b_name, pc), "greater")
+                pairs = [("jacobian-loss", "act+jacn", "act+jac"), ("jacobian-loss", "act+jacn+ce", "act+jac+ce"),
+                         ("squared-vs-ce", "act+jac", "soft+softjac")]
+                if pc != "full" and float(pc) <= low_data:
+                    pairs += [("distill-low", "act+ce", "ce"), ("distill-low", "act", "ce"),
+                              ("jacobian-low", "act+jac+ce", "act+ce"), ("jacobian-low", "act+jac", "act"),
+                              ("practitioner", "act+jac", "noisy"), ("practitioner", "act+jac", "hinton")]
+                for claim, a_name, b_name in pairs:
+                    cell(claim, where, a_name, b_name, acc(a_name, pc), acc(b_name, pc), "greater",
+                         at=(dataset, pc))
             top = per_classes[-1]
             if top != "full" and float(top) <= low_data:
                 continue  # no per_class above low data: nothing to say about full data
             where = f"{dataset}, per_class {top}" + ("" if top == "full" else " (our largest; not the full set)")
             for a_name, b_name in (("act+jac+ce", "act+ce"), ("act+jac", "act")):
-                cell("jacobian-full", where, a_name, b_name, acc(a_name, top), acc(b_name, top), "no_gain")
+                cell("jacobian-full", where, a_name, b_name, acc(a_name, top), acc(b_name, top), "no_gain",
+                     at=(dataset, top))
     penalty = robustness[robustness["route"] == "penalty"] if len(robustness) else robustness
-    trends = []
     for dataset, part in (penalty.groupby("dataset", sort=False) if len(penalty) else []):
         per_seed = part.groupby(["strength", "sigma", "seed"], as_index=False)["accuracy"].mean()
         strengths = sorted(per_seed["strength"].unique())
-        for sigma in sorted(per_seed["sigma"].unique()):
+        if len(strengths) < 2:
+            continue
+        for sigma in sorted(per_seed["sigma"].unique()):  # networks of a seed share subset and initial weights
             at = per_seed[per_seed["sigma"] == sigma]
-            top, base = at[at["strength"] == strengths[-1]], at[at["strength"] == strengths[0]]
-            if sigma > 0:
-                trends.append({"claim": "penalty-noise", "where": f"{dataset}, sigma {sigma:g}",
-                               "comparison": f"Spearman over strengths {', '.join(f'{s:g}' for s in strengths)}",
-                               "a_mean": top["accuracy"].mean(), "b_mean": base["accuracy"].mean(),
-                               "diff": top["accuracy"].mean() - base["accuracy"].mean(),
-                               **trend(at["strength"], at["accuracy"], alpha)})
-            elif len(strengths) > 1:
-                cell("penalty-clean", f"{dataset}, sigma 0", f"strength {strengths[-1]:g}", f"strength {strengths[0]:g}",
-                     by_seed(top, "accuracy"), by_seed(base, "accuracy"), "close", clean_margin)
+            base = by_seed(at[at["strength"] == strengths[0]], "accuracy")
+            for strength in strengths[1:] if sigma > 0 else strengths[-1:]:
+                top = by_seed(at[at["strength"] == strength], "accuracy")
+                if sigma > 0:
+                    cell("penalty-noise", f"{dataset}, sigma {sigma:g}", f"strength {strength:g}",
+                         f"strength {strengths[0]:g}", top, base, "greater")
+                else:
+                    cell("penalty-clean", f"{dataset}, sigma 0", f"strength {strength:g}",
+                         f"strength {strengths[0]:g}", top, base, "close", clean_margin)
     if len(transfer):
         check_pairing(transfer, ["setting", "per_class", "seed"])
         for (setting, pc), part in transfer.groupby(["setting", "per_class"], sort=False):
@@ -243,32 +263,86 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
 
     cells = pd.DataFrame(cells)
     if len(cells):
-        cells = pd.concat([holm_verdicts(part, alpha) for _, part in cells.groupby("claim", sort=False)])
-    cells = pd.concat([cells, pd.DataFrame(trends)], ignore_index=True)
+        cells = pd.concat([holm_verdicts(part, alpha) for _, part in cells.groupby("claim", sort=False)],
+                          ignore_index=True)
+        cells["verdict"] = [_converged_verdict(c) for _, c in cells.iterrows()]
     level = f"{100 * (1 - alpha):g}%"
     tests = {"greater": f"paired t-test within seeds, Holm across cells, p < {alpha:g}; equivalent: the "
                         f"{100 * (1 - 2 * alpha):g}% CI inside ±{margin:g} points",
              "no_gain": f"one-sided paired t-test against a gain of {margin:g} points, Holm across cells, p < {alpha:g}",
-             "close": f"paired equivalence test (two one-sided), |difference| < {clean_margin:g} points, p < {alpha:g}",
-             "trend": f"Spearman rank correlation over strengths and seeds, p < {alpha:g}"}
-    kinds = {"mechanism": "greater", "distill-low": "greater", "jacobian-low": "greater", "jacobian-full": "no_gain", "penalty-noise": "trend",
-             "penalty-clean": "close", "lwf-jacobian": "greater", "attention-jacobian": "greater"}
+             "close": f"paired equivalence test (two one-sided), |difference| < {clean_margin:g} points, p < {alpha:g}"}
+    kinds = {key: "greater" for key, _, _ in CLAIMS}
+    kinds.update({"jacobian-full": "no_gain", "penalty-clean": "close"})
     rows = []
     for key, text, source in CLAIMS:
         mine = cells[cells["claim"] == key] if len(cells) else cells
         evidence = []
         for _, c in mine.iterrows():
-            if key == "penalty-noise":
-                evidence.append(f"{c['where']}: rho {c['rho']:+.2f} over {int(c['points'])} networks, p {_fmt_p(c['p'])} "
-                                f"(strongest {c['a_mean']:.2f} vs none {c['b_mean']:.2f}): {c['verdict']}")
-            else:
-                ci = "" if c["n"] < 2 else f" [{level} CI {c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
-                mdd = "" if c["n"] < 2 else f", detectable {c['mdd']:.2f}"
-                evidence.append(f"{c['where']}: {c['comparison']} {c['diff']:+.2f}{ci} over {int(c['n'])} paired "
-                                f"seed(s){mdd}, p {_fmt_p(c['p_holm'])} (Holm): {c['verdict']}")
+            ci = "" if c["n"] < 2 else f" [{level} CI {c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+            mdd = "" if c["n"] < 2 else f", detectable {c['mdd']:.2f}"
+            stale = f" ({' and '.join(_side_names(c))} still improving)" if c["improving"] else ""
+            evidence.append(f"{c['where']}: {c['comparison']} {c['diff']:+.2f}{ci} over {int(c['n'])} paired "
+                            f"seed(s){mdd}, p {_fmt_p(c['p_holm'])} (Holm): {c['verdict']}{stale}")
         rows.append({"claim": text, "paper": source, "verdict": combine(mine["verdict"]) if len(mine) else "no data",
                      "test": tests[kinds[key]], "evidence": "; ".join(evidence) or "no records yet"})
     return pd.DataFrame(rows), cells
+
+
+PRACTITIONER = ("act+jac", "noisy", "hinton")
+
+
+def practitioner_table(distill: pd.DataFrame, methods=PRACTITIONER, alpha: float = 0.05,
+                       low_data: int = 10) -> pd.DataFrame:
+    """The practitioner's comparison: for every (dataset, per_class <= ``low_data``) where they ran, each of
+    ``methods`` with its
+    test accuracy (mean ± std over seeds), its mean training seconds per run and their ratio to the first
+    method's, and its paired difference from the first method with the (1 - alpha) CI (same seeds: same subset,
+    same initial weights)."""
+    from .stats import paired
+
+    rows = []
+    if not len(distill):
+        return pd.DataFrame(rows)
+    part = distill[distill["method"].isin(methods) & distill["per_class"].map(
+        lambda pc: pc != "full" and float(pc) <= low_data)]
+    for (dataset, pc), cell in part.groupby(["dataset", "per_class"], sort=False):
+        if cell["method"].nunique() < 2:
+            continue
+        base = cell[cell["method"] == methods[0]]
+        for m in methods:
+            runs = cell[cell["method"] == m]
+            if not len(runs):
+                continue
+            c = paired(runs.groupby("seed")["test_accuracy"].mean(), base.groupby("seed")["test_accuracy"].mean(),
+                       alpha=alpha)
+            ci = "" if m == methods[0] or c["n"] < 2 else f"{c['diff']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+            rows.append({"dataset": dataset, "per_class": pc, "method": m,
+                         "accuracy": _cell(runs["test_accuracy"]), "seeds": runs["seed"].nunique(),
+                         "train seconds": round(float(runs["train_seconds"].mean()), 1),
+                         f"time / {methods[0]}": round(float(runs["train_seconds"].mean()
+                                                             / base["train_seconds"].mean()), 2) if len(base) else None,
+                         f"paired difference from {methods[0]}": ci})
+    return pd.DataFrame(rows)
+
+
+# The verdict that favours the claim's method (a) or its baseline (b), per kind of test.
+_FAVOURS = {"greater": {"a": "supported", "b": "contradicted"}, "no_gain": {"a": "contradicted", "b": "supported"}}
+
+
+def _converged_verdict(c) -> str:
+    """A comparison whose students were still improving (``c["improving"]``: "a", "b" or "ab") keeps its verdict
+    only when that verdict favours the still-improving side (its accuracy at the grid's steps is below what more
+    steps give, so more training can only widen its lead); any other verdict is "not resolved"."""
+    side = c.get("improving") or ""
+    if not side:
+        return c["verdict"]
+    kept = _FAVOURS.get(c["kind"], {}).get(side) if len(side) == 1 else None
+    return c["verdict"] if c["verdict"] == kept else "not resolved"
+
+
+def _side_names(c) -> list[str]:
+    a, b = c["comparison"].split(" - ", 1)
+    return [name for side, name in (("a", a), ("b", b)) if side in c["improving"]]
 
 
 def check_pairing(records: pd.DataFrame, cell: list) -> None:

@@ -114,22 +114,6 @@ def holm_verdicts(cells: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     return cells
 
 
-def trend(strengths, values, alpha: float = 0.05, min_seeds: int = 2) -> dict:
-    """Does ``values`` grow with ``strengths``? Spearman's rank correlation over every (strength, seed) point;
-    "not resolved" when p >= alpha or any strength has fewer than ``min_seeds`` seeds."""
-    from scipy import stats
-
-    s, v = np.asarray(strengths, dtype=float), np.asarray(values, dtype=float)
-    counts = pd.Series(s).value_counts()
-    out = {"rho": np.nan, "p": np.nan, "points": len(s), "verdict": "not resolved"}
-    if len(counts) >= 2 and counts.min() >= min_seeds:
-        res = stats.spearmanr(s, v)
-        out.update(rho=float(res.statistic), p=float(res.pvalue))
-        if out["p"] < alpha:
-            out["verdict"] = "supported" if out["rho"] > 0 else "contradicted"
-    return out
-
-
 def combine(verdicts) -> str:
     """A claim's verdict from its cells': all alike -> that verdict; supported and contradicted -> mixed; some
     supported, none contradicted -> partly supported; only contradicted and unresolved -> contradicted."""

@@ -8,20 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from jkt import batch, store, workers
+from jkt import batch, profiles, store, workers
+from jkt.losses import PAPER_METHODS
 from jkt.__main__ import main
 
-SMOKE_RUN = ["reproduce", "--profile", "smoke", "--only", "distill", "--workers", "1"]
+SMOKE_RUN = ["reproduce", "--profile", "smoke", "--only", "distill", "curves", "--workers", "1"]
 
 
 # ---- the grid (no execution) ------------------------------------------------------------------------------
 
 def test_cpu_grid_is_the_papers_tables_on_fashion_mnist(tmp_path):
     jobs = batch.plan("cpu", out=tmp_path)
-    distill = [j for j in jobs if j.experiment == "distill"]
-    assert len(distill) == 5 * 3  # per_class 1, 5, 10, 50, 100 x 3 seeds, the six methods inside each notebook
-    assert {(j.parameters["per_class"], j.parameters["seeds"][0]) for j in distill} == \
-        {(pc, s) for pc in (1, 5, 10, 50, 100) for s in (0, 1, 2)}
+    distill = [j for j in jobs if j.experiment == "distill" and "steps" not in j.parameters]
+    p = profiles.get("cpu")
+    assert sorted((j.parameters["per_class"], s) for j in distill for s in j.parameters["seeds"]) == \
+        sorted((pc, s) for pc in (1, 5, 10, 100) for s in p.seeds_for(pc))  # seeds per per_class (the budget's)
+    assert all(j.parameters["methods"][:6] == list(PAPER_METHODS) for j in distill)  # Tables 1-2's rows, + extras
+    assert {m for j in distill if j.parameters["per_class"] <= 10 for m in j.parameters["methods"]} >= \
+        {"noisy", "hinton", "act+jacn", "soft+softjac"}
     assert {j.parameters["dataset"] for j in distill} == {"fashion-mnist"}
     assert [j.parameters["seeds"] for j in jobs if j.parameters.get("routes") == ["penalty"]] == [[0], [1], [2]]
     assert len([j for j in jobs if j.experiment == "transfer"]) == 3
@@ -91,7 +95,7 @@ def snapshot(*folders):
 
 def accuracies(root):
     df = store.load_records(root / "results", kind="distill")
-    return dict(zip(zip(df["method"], df["seed"]), df["test_accuracy"]))
+    return dict(zip(zip(df["method"], df["seed"], df["epochs"]), df["test_accuracy"]))
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +112,24 @@ def test_smoke_reproduce_runs_the_notebook_and_the_report(sandbox, first_run):
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in nb["cells"])
     assert not list(runs.rglob("*.failed.ipynb")) and not list(runs.rglob(".*.tmp.ipynb"))
     records = store.load_records(sandbox / "results", kind="distill", profile="smoke")
-    assert len(records) == 6 and set(records["per_class"]) == {5} and records["test_accuracy"].between(0, 100).all()
+    grid = profiles.get("smoke").methods_for(5)
+    assert len(records) == len(grid) + 1  # the grid's methods and the learning curve's longer act run
+    assert set(records["per_class"]) == {5} and records["test_accuracy"].between(0, 100).all()
+    assert records["validation_accuracy"].between(0, 100).all()
     report = json.loads((runs / "06_reproduce.ipynb").read_text())
-    text = "".join("".join(o.get("text", "")) for c in report["cells"] if c["cell_type"] == "code" for o in c["outputs"])
+    text = "".join("".join(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                   for c in report["cells"] if c["cell_type"] == "code" for o in c["outputs"])
     assert "No robustness records" in text and "No transfer records" in text  # said, not crashed
+    assert "levelled off" in text or "still improving" in text  # the learning curve's verdict on act
+    assert (runs / "figures" / "06_curves_smoke.png").exists()
     assert (runs / "figures" / "06_distill_smoke.png").exists()  # the report's figures: beside its notebook
     assert list((runs / "distill" / "figures").rglob("03_distill_smoke.png"))  # a job's figures stay beside it
 
 
 def test_a_second_run_does_no_work(sandbox, first_run):
     before = snapshot(sandbox / "results", first_run[1] / "distill", sandbox / "figures")
-    summary, report = batch.reproduce("smoke", only=["distill"], workers=1, out=sandbox / "runs")
-    assert (summary.ran, summary.count("skipped"), report["status"]) == (0, 1, "skipped")
+    summary, report = batch.reproduce("smoke", only=["distill", "curves"], workers=1, out=sandbox / "runs")
+    assert (summary.ran, summary.count("skipped"), report["status"]) == (0, 2, "skipped")
     assert snapshot(sandbox / "results", first_run[1] / "distill", sandbox / "figures") == before
 
 

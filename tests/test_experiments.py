@@ -89,8 +89,9 @@ def test_cli_reports_bad_input_with_exit_code_2(capsys):
 def test_profiles():
     assert profiles.get("cpu").dataset == "fashion-mnist"
     assert profiles.get("paper").student_epochs == 500 and profiles.get("paper").teacher_epochs == 500
-    assert profiles.get("cpu").student_epochs_for(100, 128) == 200
-    assert profiles.get("cpu").student_epochs_for(1000, 128) == 25
+    cpu = profiles.get("cpu")
+    assert cpu.student_epochs_for(100, 128, per_class=10) == cpu.student_steps[10]  # one batch per epoch
+    assert cpu.student_epochs_for(1000, 128, per_class=100, first_order=True) == cpu.jacobian_steps[100] // 8
     with pytest.raises(ValueError, match="profile"):
         profiles.get("gpu")
     assert list(PAPER_METHODS) == ["ce", "act+ce", "jac+ce", "act+jac+ce", "act", "act+jac"]

@@ -75,8 +75,6 @@ def test_combine():
     assert [stats.combine(v) for v in (["supported"] * 2, ["supported", "not resolved"], ["supported", "contradicted"],
                                        ["contradicted", "not resolved"], ["not resolved"], [], ["equivalent"] * 3)] == \
         ["supported", "partly supported", "mixed", "contradicted", "not resolved", "no data", "equivalent"]
-    assert stats.trend([0, 0, 1, 1, 2, 2], [1, 2, 3, 4, 5, 6])["verdict"] == "supported"
-    assert stats.trend([0, 1, 2], [1, 2, 3])["verdict"] == "not resolved"  # one seed per strength
 
 
 def test_records_that_do_not_share_a_seeds_subset_or_weights_are_refused():
