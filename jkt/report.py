@@ -63,16 +63,26 @@ def distillation_table(records: pd.DataFrame, dataset: str) -> pd.DataFrame:
     table = pd.DataFrame(index=pd.Index(methods, name="method"))
     for pc in per_classes:
         cell = part[part["per_class"] == pc]
-        table[(pc, "ours")] = [_cell(cell.loc[cell["method"] == m, "test_accuracy"]) for m in methods]
+        table[(pc, "ours")] = [_cell(cell.loc[cell["method"] == m, "test_accuracy"], _diverged(cell, m))
+                               for m in methods]
         numbers = [paper.distillation_number(ref, m, pc) for m in methods]
         table[(pc, label)] = ["—" if v is None else f"{v:.2f}" for v in numbers]
     table.columns = pd.MultiIndex.from_tuples(table.columns, names=["per_class", ""])
     return table
 
 
-def _cell(values) -> str:
+def _cell(values, diverged: int = 0) -> str:
     values = pd.Series(values, dtype=float).dropna()
-    return fmt(*mean_std(values)) if len(values) else "not run"
+    text = fmt(*mean_std(values)) if len(values) else "not run"
+    return text + (f" ({diverged} diverged)" if diverged else "")
+
+
+def _diverged(records: pd.DataFrame, method: str) -> int:
+    """How many of ``method``'s runs among ``records`` stopped on a non-finite loss (their accuracy is that of
+    the network they left)."""
+    if "diverged_at_step" not in records:
+        return 0
+    return int(records.loc[records["method"] == method, "diverged_at_step"].notna().sum())
 
 
 def distillation_long(records: pd.DataFrame) -> pd.DataFrame:
@@ -294,10 +304,9 @@ PRACTITIONER = ("act+jac", "noisy", "hinton")
 def practitioner_table(distill: pd.DataFrame, methods=PRACTITIONER, alpha: float = 0.05,
                        low_data: int = 10) -> pd.DataFrame:
     """The practitioner's comparison: for every (dataset, per_class <= ``low_data``) where they ran, each of
-    ``methods`` with its
-    test accuracy (mean ± std over seeds), its mean training seconds per run and their ratio to the first
-    method's, and its paired difference from the first method with the (1 - alpha) CI (same seeds: same subset,
-    same initial weights)."""
+    ``methods`` with its test accuracy (mean ± std over seeds), its mean training seconds per run and their ratio
+    to the first method's, and its paired difference from the first method with the (1 - alpha) CI (same seeds:
+    same subset, same initial weights)."""
     from .stats import paired
 
     rows = []

@@ -74,9 +74,9 @@ HOLD_ON_DEVICE_BYTES = 2 ** 30
 class NonFiniteLoss(FloatingPointError):
     """The loss became NaN or infinite: training stops with the step and the terms."""
 
-    def __init__(self, message: str, loss: float = float("nan"), terms: dict | None = None):
+    def __init__(self, message: str, loss: float = float("nan"), terms: dict | None = None, history=None):
         super().__init__(message)
-        self.loss, self.terms = loss, terms or {}
+        self.loss, self.terms, self.history = loss, terms or {}, history  # history: the run up to that step
 
 
 def training_step(model: nn.Module, optimizer, objective: Objective, x: torch.Tensor, y: torch.Tensor,
@@ -122,7 +122,8 @@ def fit(model: nn.Module, dataset: Dataset | None, split, objective: Objective, 
 
     ``teacher_targets`` serves the teacher's logits and gradients from memory (no teacher cost per
     epoch); ``teacher`` is needed only for objectives that run the teacher online (noisy inputs).
-    A non-finite loss raises NonFiniteLoss naming the epoch, the step and each term's value.
+    A non-finite loss raises NonFiniteLoss naming the epoch, the step and each term's value, with the run's
+    History up to that step (``history.steps`` of them finished) and the model as that step left it.
     """
     check_nonnegative_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
@@ -152,8 +153,11 @@ def fit(model: nn.Module, dataset: Dataset | None, split, objective: Objective, 
             try:
                 loss, terms = training_step(model, optimizer, objective, x, y, targets, teacher, noise_gen, params)
             except NonFiniteLoss as e:
+                history.seconds = time.perf_counter() - start
+                model.to(memory_format=torch.contiguous_format)
                 raise NonFiniteLoss(f"non-finite loss {e.loss} at epoch {epoch}, step {step} "
-                                    f"(global step {history.steps}); terms: {e.terms}") from None
+                                    f"(global step {history.steps}); terms: {e.terms}", e.loss, e.terms,
+                                    history) from None
             history.steps += 1
             total_sum += float(loss) * len(y)
             for k, v in terms.items():

@@ -194,3 +194,27 @@ def test_the_batch_runs_each_cells_seeds_and_methods_and_the_learning_curves(tmp
     assert extra == [(100, 1600, [0, 1], ["act", "act+jac"]), (100, 400, [0, 1], ["act", "act+jac"]),
                      (1, 800, [0, 1], ["act+jac"]), (1, 200, [0, 1], ["act", "act+jac"]), (1, 50, [0, 1], ["act"])]
     assert len(batch.plan("cpu", only=["distill"], seeds=2, out=tmp_path)) == 1 + 2  # per_class 1: one job of 2 seeds
+
+
+def test_a_student_that_diverges_is_recorded_as_such_and_the_grid_goes_on(tmp_path, monkeypatch):
+    from jkt.experiments import distill
+    from jkt.train import History, NonFiniteLoss
+
+    real_fit = distill.fit
+
+    def fit(student, *args, **kwargs):
+        if kwargs["desc"].startswith("act+jac "):
+            history = History()
+            history.steps, history.seconds = 7, 0.1
+            raise NonFiniteLoss("non-finite loss nan at epoch 7, step 0", float("nan"), {"jac": float("nan")}, history)
+        return real_fit(student, *args, **kwargs)
+
+    monkeypatch.setattr(distill, "fit", fit)
+    plan = distill.plan("smoke", methods=["act", "act+jac", "ce"], results=tmp_path, progress=False)
+    with pytest.warns(UserWarning, match="act\\+jac seed 0 diverged at step 7"):
+        records = plan.run().set_index("method")
+    assert len(records) == 3 and records.loc["act+jac", "diverged_at_step"] == 7
+    assert records["diverged_at_step"].drop("act+jac").isna().all()
+    assert 0 <= records.loc["act+jac", "test_accuracy"] <= 100  # measured on the network it left
+    table = report.distillation_table(records.reset_index().assign(dataset="digits", per_class=5), "digits")
+    assert table[(5, "ours")]["act+jac"].endswith("(1 diverged)") and "diverged" not in table[(5, "ours")]["ce"]

@@ -6,6 +6,7 @@ Every student run is one record (jkt.store), keyed by its full config; finished 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +16,7 @@ from .. import mechanism, models, paper, profiles, store
 from ..losses import METHOD_LABELS, PAPER_METHODS, PRESETS, preset
 from ..report import fmt, mean_std
 from ..teachers import get_teacher, profile_teacher_config, teacher_targets
-from ..train import accuracy, fit, reset_peak_memory, resolve_device, seed_everything
+from ..train import NonFiniteLoss, accuracy, fit, reset_peak_memory, resolve_device, seed_everything
 from ..validate import (as_list, check_choice, check_choices, check_per_class, check_positive_int,
                         check_positive_number, check_seeds, check_sigma)
 from .common import (check_dataset, check_fits, fingerprint, identity, pending_grid, records_frame, run_metrics,
@@ -137,17 +138,23 @@ class DistillPlan:
                                self.profile.student_width)
         pairing = {"subset_fingerprint": fingerprint(train.y, train.x),
                    "init_fingerprint": fingerprint(*student.state_dict().values())}
-        history = fit(student, self.data, train, objective, config["epochs"], self.batch_size, seed=seed,
-                      lr=self.profile.lr, anneal_at=self.profile.anneal_at, device=self.device,
-                      teacher_targets=targets, teacher=teacher if objective.noisy > 0 else None,
-                      progress=self.progress, desc=f"{method} seed {seed}")
+        try:
+            history, diverged = fit(student, self.data, train, objective, config["epochs"], self.batch_size,
+                                    seed=seed, lr=self.profile.lr, anneal_at=self.profile.anneal_at,
+                                    device=self.device, teacher_targets=targets,
+                                    teacher=teacher if objective.noisy > 0 else None, progress=self.progress,
+                                    desc=f"{method} seed {seed}"), None
+        except NonFiniteLoss as e:  # a method that diverges is a result (Eq. 2's form can): recorded and counted
+            history, diverged = e.history, e.history.steps
+            warnings.warn(f"{method} seed {seed} diverged at step {diverged} ({e}); its record says so and holds "
+                          f"the accuracy of the network it left", stacklevel=2)
         test_acc = accuracy(student, self.data, self.data.test, device=self.device)
         val = cache["validation"]
         val_acc = None if val is None else accuracy(student, self.data, val, device=self.device)
         mech_start = time.perf_counter()
         mech = mechanism.metrics(student, cache["mechanism"])
         metrics = run_metrics(history, start, len(train), self.device, test_accuracy=test_acc,
-                              validation_accuracy=val_acc,
+                              validation_accuracy=val_acc, diverged_at_step=diverged,
                               teacher_test_accuracy=teacher_meta["test_accuracy"], **pairing, **mech,
                               mech_seconds=time.perf_counter() - mech_start)
         store.save_record(config, metrics, self.results)
