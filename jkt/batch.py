@@ -158,7 +158,7 @@ def plan(profile: str = "cpu", only=None, seeds=None, out=None, device: str = "a
             job("robustness", f"{_slug(p.dataset)}-seed{s}", {"seeds": [s], "routes": list(ROBUSTNESS_ROUTES)})
     if "figures" in only:
         figures = figures_out(p.name, out)
-        job("taylor", "01_taylor_equivalence", {}, figures=figures)
+        job("taylor", "01_taylor_equivalence", {"widgets": False}, figures=figures)  # see notebook 01
         job("jacobians", "02_jacobians", {}, group=f"distill/{p.dataset}", figures=figures)
         job("robustness", f"{_slug(p.dataset)}-routes-seed0", {"seeds": [0]}, figures=figures)
     if "transfer" in only:

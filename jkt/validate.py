@@ -27,6 +27,13 @@ def check_choice(name: str, value, allowed):
     return value
 
 
+def check_bool(name: str, value):
+    """``value`` must be True or False (not 0, 1 or a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be True or False")
+    return value
+
+
 def check_choices(name: str, values, allowed):
     """``values`` must be a non-empty list of distinct members of ``allowed``."""
     if isinstance(values, str) or not hasattr(values, "__iter__"):
