@@ -124,6 +124,8 @@ def plan(profile: str = "cpu", only=None, seeds=None, out=None, device: str = "a
     Nothing is run or written here.
     """
     p = profiles.get(profile)
+    if only is not None and "curves" in only and not p.curves:
+        raise ValueError(f"only={list(only)!r}: the {p.name} profile has no learning curves (Profile.curves)")
     only = list(PARTS) if only is None else check_choices("only", list(only), PARTS)
     seeds = None if seeds is None else list(range(check_positive_int("seeds", seeds)))
     root = Path(out or default_out()).resolve() / p.name  # absolute: a Dask worker has its own working folder

@@ -6,8 +6,8 @@ holds the student's accuracy on the validation pool (training images that no sub
 A method has **levelled off** at its steps S when going on to the next budget raises validation accuracy by less
 than ``threshold`` points per doubling of the steps, averaged over seeds (each pair of budgets compared within a
 seed: same subset, same initial weights). Methods fall in two families with their own steps (the Jacobian and
-noise terms fit slowly; :func:`family`); a curve method stands for its family, and the report gives no verdict
-from a comparison whose methods' family was still improving at that per_class.
+noise terms fit slowly; :func:`family`); a curve method stands for its family, and where a family was still
+improving at a per_class, the report keeps a comparison's verdict only when it favours that family's method.
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def levelled(curves: pd.DataFrame, grid: pd.DataFrame, threshold: float = THRESH
     rows = []
     if not len(grid) or not len(curves) or "validation_accuracy" not in curves:
         return pd.DataFrame(rows)
+    if "diverged_at_step" in curves:  # a run that stopped early has no place on a curve of budgets
+        curves, grid = (d[d["diverged_at_step"].isna()] for d in (curves, grid))
     for (dataset, pc, method), runs in curves.groupby(["dataset", "per_class", "method"], sort=False):
         mine = grid[(grid["dataset"] == dataset) & (grid["per_class"] == pc) & (grid["method"] == method)]
         if runs["steps"].nunique() < 2 or not len(mine):

@@ -168,10 +168,12 @@ CLAIMS = [
     ("jacobian-loss", "The normalised Jacobian loss (the paper's CIFAR-10 form) beats the squared one (Proposition 1's)",
      "supplementary"),
     ("squared-vs-ce", "The squared loss works better than cross-entropy for distillation: act+jac (Proposition 1) "
-                      "beats Eq. 2's cross-entropy form soft+softjac", "Section 5"),
+                      "beats Eq. 2's cross-entropy form soft+softjac (its Jacobian term for the label's output "
+                      "only, at weight 1)", "Section 5"),
     ("mechanism", "Jacobian matching brings the student's input gradients, and its outputs under noise, closer to "
                   "the teacher's than activation matching alone", "Proposition 1"),
-    ("penalty-noise", "The Jacobian-norm penalty raises accuracy under noise as its strength grows", "Table 3"),
+    ("penalty-noise", "The Jacobian-norm penalty raises accuracy under noise (each strength against none, paired "
+                      "within seeds)", "Table 3"),
     ("penalty-clean", "... while clean accuracy stays close", "Table 3"),
     ("lwf-jacobian", "LwF + Jacobians beats LwF", "transfer table"),
     ("attention-jacobian", "Attention + Jacobians beats attention", "transfer table"),
@@ -209,12 +211,12 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
     def rising(dataset, pc, method):  # the method's family was still improving at this cell
         return (dataset, pc, family(method)) in improving
 
-    def cell(claim, where, a_name, b_name, a, b, kind, m=margin, at=None):
+    def cell(claim, where, a_name, b_name, a, b, kind, m=margin, at=None, diverged=""):
         if not len(a) or not len(b):
             return  # a method that was not run: no comparison
         still = [side for side, name in (("a", a_name), ("b", b_name)) if at is not None and rising(*at, name)]
         cells.append({"claim": claim, "where": where, "comparison": f"{a_name} - {b_name}",
-                      **paired(a, b, kind, alpha, m), "improving": "".join(still)})
+                      **paired(a, b, kind, alpha, m), "improving": "".join(still), "diverged": diverged})
 
     if len(distill):
         check_pairing(distill, ["dataset", "per_class", "seed"])
@@ -226,6 +228,11 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
             def acc(m, pc):
                 return by_seed(part[(part["method"] == m) & (part["per_class"] == pc)])
 
+            def diverged(pc, *methods):  # runs that stopped on a non-finite loss hold the network they left
+                rows = part[part["per_class"] == pc]
+                return ", ".join(f"{m}: {k} of {(rows['method'] == m).sum()} runs diverged"
+                                 for m in methods if (k := _diverged(rows, m)))
+
             for pc in per_classes:
                 where = f"{dataset}, per_class {pc}"
                 pairs = [("jacobian-loss", "act+jacn", "act+jac"), ("jacobian-loss", "act+jacn+ce", "act+jac+ce"),
@@ -236,7 +243,7 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
                               ("practitioner", "act+jac", "noisy"), ("practitioner", "act+jac", "hinton")]
                 for claim, a_name, b_name in pairs:
                     cell(claim, where, a_name, b_name, acc(a_name, pc), acc(b_name, pc), "greater",
-                         at=(dataset, pc))
+                         at=(dataset, pc), diverged=diverged(pc, a_name, b_name))
             top = per_classes[-1]
             if top != "full" and float(top) <= low_data:
                 continue  # no per_class above low data: nothing to say about full data
@@ -291,6 +298,7 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
             ci = "" if c["n"] < 2 else f" [{level} CI {c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
             mdd = "" if c["n"] < 2 else f", detectable {c['mdd']:.2f}"
             stale = f" ({' and '.join(_side_names(c))} still improving)" if c["improving"] else ""
+            stale += f" ({c['diverged']})" if c.get("diverged") else ""
             evidence.append(f"{c['where']}: {c['comparison']} {c['diff']:+.2f}{ci} over {int(c['n'])} paired "
                             f"seed(s){mdd}, p {_fmt_p(c['p_holm'])} (Holm): {c['verdict']}{stale}")
         rows.append({"claim": text, "paper": source, "verdict": combine(mine["verdict"]) if len(mine) else "no data",

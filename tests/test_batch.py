@@ -32,6 +32,8 @@ def test_cpu_grid_is_the_papers_tables_on_fashion_mnist(tmp_path):
     figures = [j for j in jobs if j.figures == str(tmp_path / "cpu" / "figures")]
     assert [(j.experiment, j.parameters.get("routes")) for j in figures] == \
         [("taylor", None), ("jacobians", None), ("robustness", None)]  # 01, 02, and 04 with its default three routes
+    with pytest.raises(ValueError, match="paper profile has no learning curves"):
+        batch.plan("paper", only=["curves"], out=tmp_path)
     assert figures[0].parameters["widgets"] is False  # no ipywidgets in a headless batch kernel (nbclient #312 hangs)
     for j in jobs:
         assert j.parameters["profile"] == "cpu" and Path(j.notebook).exists()

@@ -145,6 +145,8 @@ class DistillPlan:
                                     teacher=teacher if objective.noisy > 0 else None, progress=self.progress,
                                     desc=f"{method} seed {seed}"), None
         except NonFiniteLoss as e:  # a method that diverges is a result (Eq. 2's form can): recorded and counted
+            if e.history is None:
+                raise  # not from fit's loop: no run to record
             history, diverged = e.history, e.history.steps
             warnings.warn(f"{method} seed {seed} diverged at step {diverged} ({e}); its record says so and holds "
                           f"the accuracy of the network it left", stacklevel=2)
