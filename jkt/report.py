@@ -194,7 +194,8 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
     (said so). ``margin``: a smaller gain counts as no help; ``clean_margin``: how close "close" is.
     ``improving``: (dataset, per_class, family) whose students the learning curves show still improving
     (jkt.curves.still_improving): a comparison of a method of that family there keeps its verdict only if it
-    favours that method (more steps can only widen its lead), else it is "not resolved".
+    favours that method (more steps can only widen its lead), else it is "not resolved". A method at least half
+    of whose runs there diverged (a non-finite loss stopped them) does not count as still improving.
     """
     from .curves import family
     from .stats import combine, holm_verdicts, paired
@@ -211,10 +212,15 @@ def claims(distill=None, robustness=None, transfer=None, alpha: float = 0.05, lo
     def rising(dataset, pc, method):  # the method's family was still improving at this cell
         return (dataset, pc, family(method)) in improving
 
+    def mostly_diverged(dataset, pc, method):  # more steps cannot carry runs that stopped on a non-finite loss
+        rows = distill[(distill["dataset"] == dataset) & (distill["per_class"] == pc)]
+        return 2 * _diverged(rows, method) >= (rows["method"] == method).sum() > 0
+
     def cell(claim, where, a_name, b_name, a, b, kind, m=margin, at=None, diverged=""):
         if not len(a) or not len(b):
             return  # a method that was not run: no comparison
-        still = [side for side, name in (("a", a_name), ("b", b_name)) if at is not None and rising(*at, name)]
+        still = [side for side, name in (("a", a_name), ("b", b_name))
+                 if at is not None and rising(*at, name) and not mostly_diverged(*at, name)]
         cells.append({"claim": claim, "where": where, "comparison": f"{a_name} - {b_name}",
                       **paired(a, b, kind, alpha, m), "improving": "".join(still), "diverged": diverged})
 

@@ -137,6 +137,10 @@ def test_the_jacobian_loss_squared_vs_ce_and_practitioner_rows_compare_within_se
     evidence = claims.set_index("claim").loc[keys["squared-vs-ce"], "evidence"].split("; ")
     assert evidence[0].startswith("d, per_class 5") and evidence[0].endswith("(soft+softjac: 2 of 4 runs diverged)")
     assert "diverged" not in evidence[1]  # per_class 100: none did
+    claims, cells = report.claims(pd.DataFrame(rows), improving={("d", 5, "first-order")})
+    verdicts = cells.set_index(["where", "comparison"])["verdict"]
+    assert verdicts["d, per_class 5", "act+jac - soft+softjac"] == "supported"  # half of soft+softjac's runs stopped
+    assert verdicts["d, per_class 5", "act+jacn - act+jac"] == "not resolved"  # both first-order, still improving
     assert verdict[keys["practitioner"]] == "partly supported"  # beats noisy, ties hinton
     practitioner = cells[cells["claim"] == "practitioner"]
     assert set(practitioner["where"]) == {"d, per_class 5"}  # low data only
