@@ -80,7 +80,8 @@ def plot(curves: pd.DataFrame, table: pd.DataFrame, title: str = ""):
     (mean over seeds, its grid steps ringed), each panel titled by its curves' status."""
     import matplotlib.pyplot as plt
 
-    cells = list(dict.fromkeys(zip(table["dataset"], table["per_class"]))) if len(table) else []
+    cells = sorted(dict.fromkeys(zip(table["dataset"], table["per_class"])) if len(table) else [],
+                   key=lambda c: (c[0], math.inf if c[1] == "full" else float(c[1])))  # smallest per_class first
     fig, axes = plt.subplots(1, max(len(cells), 1), figsize=(3.4 * max(len(cells), 1), 3.4), squeeze=False)
     for ax, (dataset, pc) in zip(axes[0], cells):
         rows = table[(table["dataset"] == dataset) & (table["per_class"] == pc)]
