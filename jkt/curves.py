@@ -77,20 +77,24 @@ def still_improving(table: pd.DataFrame) -> set:
 
 def plot(curves: pd.DataFrame, table: pd.DataFrame, title: str = ""):
     """Validation accuracy against steps (log2 axis), one panel per (dataset, per_class), one line per method
-    (mean over seeds, its grid steps ringed), each panel titled by its curves' status."""
+    (mean over the seeds that have a curve, i.e. runs at two budgets or more; its grid steps ringed)."""
     import matplotlib.pyplot as plt
 
     cells = sorted(dict.fromkeys(zip(table["dataset"], table["per_class"])) if len(table) else [],
                    key=lambda c: (c[0], math.inf if c[1] == "full" else float(c[1])))  # smallest per_class first
+    methods = sorted(table["method"].unique()) if len(table) else []  # one colour per method in every panel
     fig, axes = plt.subplots(1, max(len(cells), 1), figsize=(3.4 * max(len(cells), 1), 3.4), squeeze=False)
     for ax, (dataset, pc) in zip(axes[0], cells):
         rows = table[(table["dataset"] == dataset) & (table["per_class"] == pc)]
-        for i, row in enumerate(rows.itertuples()):
+        for row in rows.sort_values("method").itertuples():
             runs = curves[(curves["dataset"] == dataset) & (curves["per_class"] == pc) & (curves["method"] == row.method)]
+            budgets = runs.groupby("seed")["steps"].nunique()
+            runs = runs[runs["seed"].isin(budgets[budgets > 1].index)]  # the grid's other seeds would bias one point
             line = runs.groupby("steps")["validation_accuracy"].mean()
-            ax.plot(line.index, line.values, marker="o", color=f"C{i}", label=f"{row.method}: {row.status}")
+            color = f"C{methods.index(row.method)}"
+            ax.plot(line.index, line.values, marker="o", color=color, label=f"{row.method}: {row.status}")
             if row.steps in line.index:
-                ax.plot([row.steps], [line[row.steps]], "o", ms=12, mfc="none", color=f"C{i}")
+                ax.plot([row.steps], [line[row.steps]], "o", ms=12, mfc="none", color=color)
         ax.set_xscale("log", base=2)
         ax.set(title=f"{pc} per class", xlabel="steps")
         ax.legend(fontsize=7)
