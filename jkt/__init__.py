@@ -7,7 +7,7 @@ import importlib
 __version__ = "0.1.0"
 __all__ = ["data", "models", "batchnorm", "jacobian", "losses", "taylor", "jacobian_checks", "taylor_plots",
            "timing", "train", "teachers", "lwf", "transfer_loss", "kernels", "store", "profiles", "experiments",
-           "paper", "records", "report", "stats", "curves", "plots", "validate", "batch", "resources", "workers", "bench", "bench_run"]
+           "paper", "records", "report", "stats", "curves", "plots", "validate", "batch", "batching", "resources", "workers", "bench", "bench_run"]
 
 
 # The library's entry points for your own code, importable as ``jkt.NAME``.

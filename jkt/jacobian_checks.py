@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import models
-from .data import Batches, Split
+from .batching import Batches
+from .data import Split
 from .jacobian import (eval_mode, frobenius_sq_estimate, full_jacobian, input_gradient,
                        jacobian_distance_sq_estimate, output_and_input_gradient, projected_gradient)
 from .losses import jacobian_matching, preset

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import data as jdata
+from .batching import Batches
 from . import models
 from .jacobian import eval_mode, output_and_input_gradient
 from .losses import attention_transfer, cross_entropy, jacobian_matching, lwf_distillation
@@ -170,7 +171,7 @@ def transfer_targets(teacher: nn.Module, data: jdata.Dataset, split: jdata.Split
     logits, index, grads, maps = [], [], [], {s: [] for s in stages}
     view = LogitsView(teacher)
     with eval_mode(teacher.to(device)):
-        for x, _, _ in jdata.Batches(split, data, batch_size, device, shuffle=False):
+        for x, _, _ in Batches(split, data, batch_size, device, shuffle=False):
             if with_gradients:
                 out, g, i = output_and_input_gradient(view, x, "top1")
                 grads.append(g.to(keep))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import data as jdata
+from .batching import Batches
 from .jacobian import eval_mode, output_and_input_gradient
 from .train import resolve_device
 
@@ -53,7 +54,7 @@ def reference(teacher: nn.Module, dataset: jdata.Dataset, split: jdata.Split, im
     n = min(images, len(split))
     rows = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     part = jdata.Split(split.x[rows], split.y[rows])
-    x, y, _ = next(iter(jdata.Batches(part, dataset, n, device, shuffle=False)))
+    x, y, _ = next(iter(Batches(part, dataset, n, device, shuffle=False)))
     x = x.to(next(teacher.parameters()).dtype)  # float64 networks get float64 images
     gen = torch.Generator(device=x.device).manual_seed(seed + 1)
     z = torch.randn((draws, *x.shape), generator=gen, device=x.device, dtype=x.dtype)

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from . import models
-from .data import Dataset, Split, batches, data_root
+from .batching import batches
+from .data import Dataset, Split, data_root
 from .jacobian import eval_mode, full_jacobian, output_and_input_gradient, softmax_output_and_input_gradient
 from .losses import preset
 from .store import CorruptCheckpoint, config_hash, load_checkpoint, save_checkpoint

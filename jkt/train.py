@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .data import Batches, Dataset, Split, add_noise
-from .data import batches as jdata_batches
+from .batching import Batches
+from .batching import batches as jdata_batches
+from .data import Dataset, Split, add_noise
 from .losses import Objective
 from .validate import check_nonnegative_int, check_number, check_positive_int, check_sigma
 

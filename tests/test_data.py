@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from jkt import data
+from jkt import batching, data
 
 
 # ---------------------------------------------------------------- helpers
@@ -312,7 +312,7 @@ def test_add_noise():
 # ---------------------------------------------------------------- Batches
 def test_batches():
     ds = data.load("digits")
-    b = data.Batches(ds.train, ds, batch_size=64, device="cpu", shuffle=True, seed=1)
+    b = batching.Batches(ds.train, ds, batch_size=64, device="cpu", shuffle=True, seed=1)
     assert len(b) == math.ceil(len(ds.train) / 64)
     epochs = []
     for _ in range(2):
@@ -326,12 +326,12 @@ def test_batches():
         assert sorted(order.tolist()) == list(range(len(ds.train)))
         epochs.append(order)
     assert not torch.equal(epochs[0], epochs[1])                   # generator advances
-    b2 = data.Batches(ds.train, ds, 64, "cpu", shuffle=True, seed=1)
+    b2 = batching.Batches(ds.train, ds, 64, "cpu", shuffle=True, seed=1)
     assert [torch.cat([i for _, _, i in b2]).tolist() for _ in range(2)] == [e.tolist() for e in epochs]
-    plain = torch.cat([i for _, _, i in data.Batches(ds.test, ds, 100, "cpu", shuffle=False)])
+    plain = torch.cat([i for _, _, i in batching.Batches(ds.test, ds, 100, "cpu", shuffle=False)])
     assert plain.tolist() == list(range(len(ds.test)))
     with pytest.raises(ValueError, match="batch_size"):
-        data.Batches(ds.test, ds, 0, "cpu", shuffle=False)
+        batching.Batches(ds.test, ds, 0, "cpu", shuffle=False)
 
 
 def test_normalize_values():

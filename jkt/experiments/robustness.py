@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 
 from .. import data as jdata
+from ..batching import Batches
 from .. import models, paper, profiles, store
 from ..jacobian import eval_mode, input_gradient
 from ..losses import Objective
@@ -359,7 +360,7 @@ def jacobian_norms(model, dataset: jdata.Dataset, split: jdata.Split, n: int = J
     part = jdata.Split(split.x[:n], split.y[:n])
     label = frob = 0.0
     with eval_mode(model.to(device)):
-        for x, y, _ in jdata.Batches(part, dataset, 128, device, shuffle=False):
+        for x, y, _ in Batches(part, dataset, 128, device, shuffle=False):
             label += float(input_gradient(model, x, y).flatten(1).pow(2).sum())
             for i in range(dataset.num_classes):
                 frob += float(input_gradient(model, x, i).flatten(1).pow(2).sum())

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .. import data as jdata
+from ..batching import Batches
 from .. import mechanism, models, paper, profiles, store
 from ..jacobian import eval_mode
 from ..losses import attention_map
@@ -250,7 +251,7 @@ def attention_examples(plan: TransferPlan, n: int = 4, p: float = 2.0):
     check_positive_int("n", n)
     teacher, _ = plan.teacher()
     split = jdata.Split(plan.data.test.x[:n], plan.data.test.y[:n])
-    x, _, _ = next(iter(jdata.Batches(split, plan.data, n, plan.device, shuffle=False)))
+    x, _, _ = next(iter(Batches(split, plan.data, n, plan.device, shuffle=False)))
     with eval_mode(teacher):
         _, features = teacher(x, taps=True)
     maps = {f"{s}<-{t}": attention_map(features[t], p).view(len(x), *features[t].shape[-2:]).cpu()
