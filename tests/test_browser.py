@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -190,33 +191,98 @@ def screenshot(page, name: str, element=None):
     return path
 
 
+def kernel_state(lab, name: str) -> str | None:
+    """The execution state of ``name``'s kernel as the server reports it (``/api/sessions``), None if none."""
+    try:
+        with urllib.request.urlopen(f"{lab['url']}/api/sessions?token={lab['token']}", timeout=5) as r:
+            sessions = json.load(r)
+    except OSError:
+        return None
+    for s in sessions:
+        if Path(s.get("path", "")).name == name and s.get("kernel"):
+            return s["kernel"].get("execution_state")
+    return None
+
+
+def lab_log(lab, chars: int = 2500) -> str:
+    return (lab["tmp"] / "jupyterlab.log").read_text()[-chars:]
+
+
+def answer_select_kernel(page) -> bool:
+    """Accept JupyterLab's "Select Kernel" dialog (the notebook's own kernel) if it is open; True if it was."""
+    dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    if not dialog.count():
+        return False
+    dialog.get_by_role("button", name="Select").click()
+    return True
+
+
+def wait_for_kernel(page, lab, name: str, timeout: float = 120):
+    """Until the server reports the notebook's kernel idle and the page shows it idle; answers JupyterLab's
+    "Select Kernel" dialog whenever it appears (it does when the kernel does not start by itself)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer_select_kernel(page)
+        idle_on_page = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
+        if kernel_state(lab, name) == "idle" and idle_on_page:
+            return
+        if time.monotonic() > deadline:
+            screenshot(page, f"{Path(name).stem}_no_kernel")
+            pytest.fail(f"{name}: no idle kernel after {timeout:.0f} s (server: {kernel_state(lab, name)}, "
+                        f"page idle: {idle_on_page}); JupyterLab's log ends:\n{lab_log(lab)}")
+        page.wait_for_timeout(500)
+
+
+def run_all(page):
+    """Click into the notebook (so it is JupyterLab's current widget), then Run > Run All Cells once enabled."""
+    page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()
+    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+    page.locator(".lm-Menu-item[data-command='runmenu:run-all']:not(.lm-mod-disabled)").click(timeout=30_000)
+
+
+def open_notebook(page, lab, name: str):
+    """Open ``name`` in JupyterLab (a reset workspace) and wait until its kernel is idle."""
+    page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    wait_for_kernel(page, lab, name)
+
+
 def open_and_run_all(page, lab, name: str, timeout: float = 150, watch=None):
     """Open a notebook, wait for its kernel, Run > Run All Cells, and wait until every cell has run (or an error
     stopped the run), calling ``watch()`` meanwhile. Returns the notebook as saved by Ctrl+S (the copy in
     tmp_path, never the repository's)."""
-    page.goto(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    page.wait_for_timeout(1500)
-    select_kernel = page.locator(".jp-Dialog", has_text="Select Kernel")
-    if select_kernel.count():  # JupyterLab asks when it does not start the notebook's kernel by itself
-        select_kernel.get_by_role("button", name="Select").click()
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-    page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
+    open_notebook(page, lab, name)
     prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt")
-    deadline = time.monotonic() + timeout
+    run_all(page)
+    started = time.monotonic()
+    retried = False
+    deadline = started + timeout
     page.wait_for_timeout(1000)
     while True:
         if watch:
             watch()
+        if answer_select_kernel(page):  # Run All without a kernel asks for one; cells run once it is answered
+            warnings.warn(f"{name}: JupyterLab asked for a kernel after Run All; answered Select")
         texts = [t.strip() for t in prompts.all_inner_texts()]
         busy = any("*" in t for t in texts)
         idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").count() > 0
         if not busy and idle and texts and (all(t not in ("[ ]:", "") for t in texts) or error_shown(page)):
             break
+        if not retried and time.monotonic() - started > 30 and all(t in ("[ ]:", "") for t in texts):
+            # Run All did not take (not one cell queued in 30 s): record it and do what a person would, reload
+            # the page (a fresh connection to the kernel) and run all again. The warning and the screenshot say so.
+            screenshot(page, f"{Path(name).stem}_run_all_not_taken")
+            warnings.warn(f"{name}: Run All queued no cell in 30 s (kernel {kernel_state(lab, name)}); "
+                          "reloaded the page and ran all again")
+            retried = True
+            open_notebook(page, lab, name)
+            run_all(page)
+            started = time.monotonic()
+            deadline = started + timeout
         if time.monotonic() > deadline:
             screenshot(page, f"{Path(name).stem}_timeout")
-            pytest.fail(f"{name}: not finished after {timeout:.0f} s; prompts {texts}")
+            pytest.fail(f"{name}: not finished after {timeout:.0f} s; prompts {texts}; kernel "
+                        f"{kernel_state(lab, name)}; JupyterLab's log ends:\n{lab_log(lab)}")
         page.wait_for_timeout(500)
     saved = lab["root"] / name
     before = saved.stat().st_mtime_ns
