@@ -27,7 +27,8 @@ from .. import models, paper, profiles, store
 from ..jacobian import eval_mode, input_gradient
 from ..losses import Objective
 from ..report import fmt
-from ..train import accuracy_under_noise, fit, peak_memory_mb, reset_peak_memory, resolve_device, seed_everything
+from ..train import (accuracy_under_noise, eval_batch_size, fit, peak_memory_mb, reset_peak_memory, resolve_device,
+                     seed_everything)
 from ..validate import (as_list, check_choices, check_nonnegative_int, check_numbers, check_per_class,
                         check_positive_int, check_positive_number, check_seeds)
 from .common import check_dataset, check_fits, identity, run_metrics, run_pending
@@ -40,7 +41,6 @@ ROUTE_LABELS = {
 }
 PAPER_SIGMAS = paper.TABLE3_ROBUSTNESS["sigmas"]
 ARCH = "vgg9"
-EVAL_BATCH = 1000
 JACOBIAN_IMAGES = 256  # test images on which the penalised quantities are measured after training
 
 
@@ -131,7 +131,8 @@ class RobustnessPlan:
 
     def evaluation(self) -> dict:
         """How networks are tested; a record tested otherwise is re-tested (from its saved weights)."""
-        return {"test_per_class": self.test_per_class, "noise_seed": self.noise_seed, "batch_size": EVAL_BATCH}
+        return {"test_per_class": self.test_per_class, "noise_seed": self.noise_seed,
+                "batch_size": eval_batch_size(self.device)}
 
     def checkpoint_path(self, config: dict) -> Path:
         return store.results_root(self.results) / "checkpoints" / f"robustness-{store.config_hash(config)}.pt"
@@ -237,7 +238,7 @@ class RobustnessPlan:
             entry = noise.get(_sigma_key(sigma))
             if entry is None or (sigma > 0 and len(entry["draws"]) < self.noise_draws):
                 noise[_sigma_key(sigma)] = accuracy_under_noise(model, self.data, test, sigma, self.noise_draws,
-                                                                self.noise_seed, EVAL_BATCH, self.device)
+                                                                self.noise_seed, device=self.device)
         jacobian = metrics["jacobian"] if same and "jacobian" in metrics else \
             jacobian_norms(model, self.data, test, JACOBIAN_IMAGES, self.device)
         return {"evaluation": self.evaluation(), "noise": noise, "jacobian": jacobian, "n_test": len(test),
