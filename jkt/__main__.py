@@ -139,6 +139,9 @@ def main(argv=None) -> int:
                    help="instead of single steps: whole cpu-profile student runs in parts (set-up, teacher targets, "
                         "training, evaluation) and runs per hour, at --per-class sizes")
     b.add_argument("--per-class", type=int, nargs="+", default=[1, 5, 10, 50], metavar="N")
+    b.add_argument("--run-steps", type=int, default=200, metavar="S",
+                   help="with --runs: optimisation steps per run on every side (default 200, the cpu profile's when "
+                        "the performance work began; 0: each side's own profile steps)")
     b.add_argument("--baseline", default=None, metavar="REV",
                    help="with --runs: also time git revision REV (a worktree under runs/), round-robin with this tree")
     b.add_argument("--image-size", type=int, default=32)
@@ -150,7 +153,7 @@ def main(argv=None) -> int:
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     b.add_argument("--device", default="auto")
     b.add_argument("--out", default=None, metavar="FILE", help="write the JSON here (the table goes to stdout)")
-    b.add_argument("--figure", default=None, metavar="PATH", help="also plot the multiples to PATH (e.g. figures/bench.png)")
+    b.add_argument("--figure", default=None, metavar="PATH", help="also plot to PATH (e.g. figures/bench.png): the multiples, or with --runs the parts of a run")
     b.add_argument("--load", default=None, metavar="FILE",
                    help="do not time anything: show (and with --figure plot) the JSON of an earlier run")
     b.set_defaults(func=bench_main)

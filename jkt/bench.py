@@ -313,7 +313,7 @@ def plot(result: dict):
     ax.set_xlabel("time of one training step / time of one cross-entropy step (log scale)")
     ax.set_title(f"python -m jkt bench: {h['processor']} x{h['cpu_count']}, "
                  f"{h['torch_threads']} thread(s), {result['device']}, {h['date'][:10]}", fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)  # beside the short CE bars
     fig.tight_layout()
     return fig
 
@@ -337,6 +337,8 @@ def benchmark(widths_=("cpu", "full"), cases=None, batch_sizes=(128,), image_siz
 
 
 def main(args) -> int:
+    from . import bench_run
+
     if args.load:
         result = json.loads(open(args.load).read())
     else:
@@ -344,30 +346,26 @@ def main(args) -> int:
             torch.set_num_threads(args.threads)
         say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if not args.quiet else None
         if args.runs:
-            from . import bench_run
-
             result = bench_run.compare(args.per_class, repeats=args.repeats, baseline=args.baseline,
-                                       threads=args.threads or 1, progress=say)
-            text = bench_run.table(result)
-            if args.out:
-                from .store import atomic_write_text
-
-                atomic_write_text(args.out, json.dumps(result, indent=1))
-            print(text)
-            return 0
-        result = benchmark(args.widths, args.cases, args.batch_size, args.image_size, args.channels, args.repeats,
-                           args.warmup, args.device, args.seeds, progress=say)
+                                       threads=args.threads or 1, steps=args.run_steps or None, progress=say)
+        else:
+            result = benchmark(args.widths, args.cases, args.batch_size, args.image_size, args.channels,
+                               args.repeats, args.warmup, args.device, args.seeds, progress=say)
+    runs = "sides" in result  # a --runs result (whole student runs), else single steps
     if args.figure:
         from .plots import write
 
-        print(f"figure written to {write(plot(result), args.figure)}", file=sys.stderr)
-    text = table(result)
+        fig = bench_run.plot(result) if runs else plot(result)
+        print(f"figure written to {write(fig, args.figure)}", file=sys.stderr)
+    text = bench_run.table(result) if runs else table(result)
     if args.out:
         from .store import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(result, indent=1))
         print(text)
         print(f"\nJSON written to {args.out}")
+    elif runs:
+        print(text)
     else:
         print(text, file=sys.stderr)
         print(json.dumps(result, indent=1))

@@ -25,11 +25,16 @@ from .store import REPO
 from .validate import check_positive_int
 
 PARTS = ("setup", "teacher_targets", "training", "evaluation", "mechanism")
+BASELINE_STEPS = 200  # the cpu profile's student steps when the performance work started (aedec5d)
 
 
-def student_run_parts(per_class: int, method: str = "act+jac+ce", seed: int = 0, cache: dict | None = None) -> dict:
+def student_run_parts(per_class: int, method: str = "act+jac+ce", seed: int = 0, cache: dict | None = None,
+                      steps: int | None = None) -> dict:
     """Seconds of each part of one cpu-profile student run (see the module docstring), and its test accuracy.
-    The mechanism metrics (jkt.mechanism, where this jkt has them: 0 s elsewhere) use a reference made once."""
+    ``steps``: that many optimisation steps at the profile's batch size (the same work on every side), else the
+    profile's own steps. The mechanism metrics (jkt.mechanism, where this jkt has them: 0 s elsewhere) use a
+    reference made once."""
+    import math
     import time
 
     import torch
@@ -61,8 +66,12 @@ def student_run_parts(per_class: int, method: str = "act+jac+ce", seed: int = 0,
     targets = teachers.teacher_targets(teacher, data, split, objective.jacobian_output,
                                        with_gradients=objective.gamma > 0, device="cpu")
     t2 = time.perf_counter()
-    epochs = (p.student_epochs_for(len(split), per_class=per_class, first_order=objective.first_order)
-              if hasattr(p, "steps_for") else p.student_epochs_for(len(split)))  # a baseline before per-size steps
+    if steps is not None:
+        epochs = max(1, math.ceil(steps / math.ceil(len(split) / p.batch_size)))
+    elif hasattr(p, "steps_for"):
+        epochs = p.student_epochs_for(len(split), per_class=per_class, first_order=objective.first_order)
+    else:  # a baseline before per-size steps
+        epochs = p.student_epochs_for(len(split))
     train.fit(student, data, split, objective, epochs, p.batch_size, seed=seed,
               lr=p.lr, anneal_at=p.anneal_at, device="cpu", teacher_targets=targets, progress=False)
     t3 = time.perf_counter()
@@ -86,17 +95,17 @@ import jkt
 assert jkt.__file__.startswith({root!r}), jkt.__file__
 {source}
 cache = {{}}
-student_run_parts({warm}, {method!r}, 0, cache)  # warm-up: dataset, teacher, first-call costs
-out = {{str(pc): student_run_parts(pc, {method!r}, 0, cache) for pc in {per_class!r}}}
+student_run_parts({warm}, {method!r}, 0, cache, {steps!r})  # warm-up: dataset, teacher, first-call costs
+out = {{str(pc): student_run_parts(pc, {method!r}, 0, cache, {steps!r}) for pc in {per_class!r}}}
 strays = [m.__file__ for n, m in sys.modules.items() if n.startswith("jkt") and not m.__file__.startswith({root!r})]
 assert not strays, f"modules of another jkt were imported: {{strays}}"
 print("JKT-BENCH-RESULT " + json.dumps(out))
 """
 
 
-def _side(root: Path, per_class, method: str, threads: int) -> dict:
+def _side(root: Path, per_class, method: str, threads: int, steps: int | None) -> dict:
     code = _DRIVER.format(root=str(root), threads=threads, source=inspect.getsource(student_run_parts),
-                          warm=min(per_class), method=method, per_class=list(per_class))
+                          warm=min(per_class), method=method, per_class=list(per_class), steps=steps)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(root))
@@ -117,20 +126,26 @@ def baseline_tree(rev: str) -> Path:
 
 
 def compare(per_class=(1, 5, 10, 50), method: str = "act+jac+ce", repeats: int = 3, baseline: str | None = None,
-            threads: int = 1, progress=None) -> dict:
+            threads: int = 1, steps: int | None = BASELINE_STEPS, progress=None) -> dict:
     """Median seconds of each part per per_class size, for this tree and (``baseline``: a git revision) the
-    baseline's, run round-robin (``repeats`` rounds of: baseline side, this side), and runs per hour."""
+    baseline's, run round-robin (``repeats`` rounds of: baseline side, this side), and runs per hour.
+    ``steps`` optimisation steps per run on both sides (None: each side's profile, which may differ)."""
     check_positive_int("repeats", repeats)
+    if steps is not None:
+        check_positive_int("steps", steps)
     sides = {"this": REPO}
     if baseline:
         sides = {"baseline": baseline_tree(baseline), **sides}
     rounds = {name: [] for name in sides}
     for r in range(repeats):
         for name, root in sides.items():
-            rounds[name].append(_side(root, per_class, method, threads))
+            rounds[name].append(_side(root, per_class, method, threads, steps))
             if progress:
                 progress(f"whole runs: round {r + 1}/{repeats}, {name} done")
-    out = {"method": method, "threads": threads, "repeats": repeats, "baseline": baseline, "sides": {}}
+    from .bench import host
+
+    out = {"host": host(), "method": method, "threads": threads, "repeats": repeats, "baseline": baseline,
+           "steps": steps, "sides": {}}
     for name, results in rounds.items():
         rows = {}
         for pc in per_class:
@@ -144,7 +159,9 @@ def compare(per_class=(1, 5, 10, 50), method: str = "act+jac+ce", repeats: int =
 
 def table(result: dict) -> str:
     """The readable table of a :func:`compare` result: parts in seconds, runs per hour, and the speed-up."""
-    lines = [f"whole student runs (cpu profile, {result['method']}, {result['threads']} thread(s), median of "
+    steps = result.get("steps")
+    lines = [f"whole student runs (cpu profile, {result['method']}, "
+             f"{f'{steps} steps' if steps else 'the profile steps'}, {result['threads']} thread(s), median of "
              f"{result['repeats']} round-robin rounds): seconds per part"]
     head = f"  {'side':9s} {'per_class':>9s} " + " ".join(f"{p:>15s}" for p in PARTS) + f" {'total':>7s} {'runs/h':>7s}"
     lines.append(head)
@@ -157,3 +174,40 @@ def table(result: dict) -> str:
             f"per_class {pc} {result['sides']['this'][pc]['runs_per_hour'] / row['runs_per_hour']:.2f}x"
             for pc, row in result["sides"]["baseline"].items()))
     return "\n".join(lines)
+
+
+def plot(result: dict):
+    """Seconds of each part of a run, one stacked bar per side and per_class size, runs per hour at the end."""
+    import matplotlib
+
+    if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widget", "ipympl")):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sides = list(result["sides"])
+    sizes = list(result["sides"][sides[-1]])
+    labels, rows = [], []
+    for pc in sizes:
+        for side in sides:
+            labels.append(f"per_class {pc}, {side}")
+            rows.append(result["sides"][side][pc])
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(rows) + 1.6))
+    left = [0.0] * len(rows)
+    for part in PARTS:
+        widths = [r[part] for r in rows]
+        ax.barh(range(len(rows)), widths, left=left, label=part.replace("_", " "))
+        left = [a + b for a, b in zip(left, widths)]
+    for i, r in enumerate(rows):
+        ax.text(left[i], i, f"  {r['runs_per_hour']:.0f} runs/h", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.25 * max(left))
+    ax.set_xlabel("seconds per student run (median)")
+    h, steps = result.get("host", {}), result.get("steps")
+    ax.set_title(f"python -m jkt bench --runs: {result['method']}, "
+                 f"{f'{steps} steps' if steps else 'profile steps'}, {result['threads']} thread(s), "
+                 f"baseline {result.get('baseline') or '-'}; {h.get('processor', '?')} x{h.get('cpu_count', '?')}, "
+                 f"{h.get('date', '')[:10]}", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)  # the short per_class 1 bars leave it free
+    fig.tight_layout()
+    return fig

@@ -305,8 +305,9 @@ def test_bench_times_several_batch_sizes(tmp_path):
     assert all(r["x_ce"] > 0 for w in result["widths"] for r in w["rows"])
 
 
-def test_a_whole_run_is_timed_in_parts_in_its_own_process():
-    """One cpu-profile run at per_class 1 (10 images, 200 steps, the 10,000 test images) of this tree."""
+def test_a_whole_run_is_timed_in_parts_in_its_own_process(tmp_path, capsys):
+    """One cpu-profile run at per_class 1 (10 images, 200 steps, the 10,000 test images) of this tree; its JSON
+    shown again and plotted by ``bench --load ... --figure``."""
     from jkt import bench_run
     from jkt.data import require
 
@@ -320,7 +321,13 @@ def test_a_whole_run_is_timed_in_parts_in_its_own_process():
     assert set(bench_run.PARTS) <= set(row) and all(row[p] > 0 for p in bench_run.PARTS)
     assert abs(row["total"] - sum(row[p] for p in bench_run.PARTS)) < 1e-9
     assert 0 <= row["test_accuracy"] <= 100 and row["runs_per_hour"] == pytest.approx(3600 / row["total"])
-    assert "per_class" in bench_run.table(result)
+    assert "per_class" in bench_run.table(result) and "200 steps" in bench_run.table(result)
+    assert result["steps"] == bench_run.BASELINE_STEPS == 200 and result["host"]["torch"]
+    saved, figure = tmp_path / "runs.json", tmp_path / "runs.png"
+    saved.write_text(json.dumps(result))
+    capsys.readouterr()
+    assert main(["bench", "--load", str(saved), "--figure", str(figure)]) == 0
+    assert figure.stat().st_size > 10_000 and "runs/h" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 28, 28), (2, 5, 7, 7), (1, 3, 6, 9), (2, 2, 1, 4)])
