@@ -514,11 +514,28 @@ def _lock(folder: Path):
         yield
 
 
-def _newest_record(results=None) -> float:
+def report_sources(report: Job) -> list[Path]:
+    """What the report is made from besides the records: its notebook and the jkt package's code."""
+    return [Path(report.notebook), *sorted(Path(__file__).resolve().parent.rglob("*.py"))]
+
+
+def report_stale(report: Job, results=None, sources=None) -> str | None:
+    """Why ``report``'s executed notebook must be made again (None: it is up to date): it is missing, or a record
+    (under ``results``) or one of ``sources`` (default :func:`report_sources`: after a ``git pull``, say) is newer."""
     from .store import results_root
 
+    out = Path(report.output)
+    if not out.exists():
+        return "no report yet"
+    made = out.stat().st_mtime
     root = results_root(results)
-    return max((p.stat().st_mtime for p in root.glob("*.json")), default=0.0) if root.exists() else 0.0
+    if root.exists() and any(p.stat().st_mtime > made for p in root.glob("*.json")):
+        return "records newer than the report"
+    changed = [p for p in (report_sources(report) if sources is None else sources) if p.stat().st_mtime > made]
+    if changed:
+        shown = ", ".join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in changed[:3])
+        return f"changed since the report: {shown}{' ...' if len(changed) > 3 else ''}"
+    return None
 
 
 def reproduce(profile: str = "cpu", only=None, seeds=None, workers=None, scheduler=None, out=None, results=None,
@@ -566,10 +583,9 @@ def reproduce(profile: str = "cpu", only=None, seeds=None, workers=None, schedul
             report_result = None
             if report:
                 rep = report_job(p.name, out)
-                out_path = Path(rep.output)
-                stale = (not out_path.exists() or summary.ran > 0
-                         or _newest_record(results) > out_path.stat().st_mtime)
-                if stale:
+                why = "new results of this run" if summary.ran > 0 else report_stale(rep, results)
+                if why:
+                    log(f"report: making notebook 06 ({why})")
                     report_result = execute([rep], pool, progress=False, log=log).results[0]
                 else:
                     report_result = {"job": rep.describe(), "status": "skipped", "notebook": rep.output,

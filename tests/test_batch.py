@@ -4,6 +4,7 @@ kill, with a failing notebook reported while the others run.
 
 Everything is written under one temporary folder (JKT_RESULTS, JKT_DATA, JKT_FIGURES and --out)."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,28 @@ def test_a_second_run_does_no_work(sandbox, first_run):
     summary, report = batch.reproduce("smoke", only=["distill", "curves"], workers=1, out=sandbox / "runs")
     assert (summary.ran, summary.count("skipped"), report["status"]) == (0, 2, "skipped")
     assert snapshot(sandbox / "results", first_run[1] / "distill", sandbox / "figures") == before
+
+
+def test_the_report_is_made_again_when_its_records_or_its_code_are_newer(tmp_path):
+    source, out, results = tmp_path / "06.ipynb", tmp_path / "runs" / "06_reproduce.ipynb", tmp_path / "results"
+    source.write_text("{}")
+    results.mkdir()
+    job = batch.Job("report", "06_reproduce", str(source), {}, str(out))
+    assert batch.report_stale(job, results, [source]) == "no report yet"
+    out.parent.mkdir()
+    out.write_text("{}")
+    record = results / "abc.json"
+    record.write_text("{}")
+    for path, when in ((source, 1_000), (record, 2_000), (out, 3_000)):
+        os.utime(path, (when, when))
+    assert batch.report_stale(job, results, [source]) is None
+    os.utime(record, (4_000, 4_000))
+    assert batch.report_stale(job, results, [source]) == "records newer than the report"
+    os.utime(record, (2_000, 2_000))
+    os.utime(source, (5_000, 5_000))  # a git pull that changed the report's notebook or the package
+    assert batch.report_stale(job, results, [source]) == f"changed since the report: {source}"
+    default = batch.report_sources(batch.report_job("cpu", tmp_path))
+    assert default[0].name == "06_reproduce.ipynb" and batch.REPO / "jkt" / "report.py" in default
 
 
 def test_on_a_dask_cluster_a_killed_grid_resumes_and_a_failing_notebook_does_not_stop_it(sandbox, first_run,
