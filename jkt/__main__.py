@@ -74,6 +74,7 @@ def cmd_data(args) -> int:
 def main(argv=None) -> int:
     from .bench import CASES
     from .bench import main as bench_main
+    from .bench_run import BASELINE_STEPS
 
     parser = argparse.ArgumentParser(prog="python -m jkt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,9 +140,9 @@ def main(argv=None) -> int:
                    help="instead of single steps: whole cpu-profile student runs in parts (set-up, teacher targets, "
                         "training, evaluation) and runs per hour, at --per-class sizes")
     b.add_argument("--per-class", type=int, nargs="+", default=[1, 5, 10, 50], metavar="N")
-    b.add_argument("--run-steps", type=int, default=200, metavar="S",
-                   help="with --runs: optimisation steps per run on every side (default 200, the cpu profile's when "
-                        "the performance work began; 0: each side's own profile steps)")
+    b.add_argument("--run-steps", type=int, default=BASELINE_STEPS, metavar="S",
+                   help=f"with --runs: optimisation steps per run on every side (default {BASELINE_STEPS}, the cpu "
+                        "profile's when the performance work began; 0: each side's own profile steps)")
     b.add_argument("--baseline", default=None, metavar="REV",
                    help="with --runs: also time git revision REV (a worktree under runs/), round-robin with this tree")
     b.add_argument("--image-size", type=int, default=32)

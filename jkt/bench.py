@@ -281,14 +281,20 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict):
-    """Each case's multiple of a CE step, one bar group per width (log scale; the line marks 1x)."""
+def pyplot():
+    """matplotlib.pyplot, on the Agg backend unless a notebook's backend is already chosen."""
     import matplotlib
 
     if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widget", "ipympl")):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(result: dict):
+    """Each case's multiple of a CE step, one bar group per width (log scale; the line marks 1x)."""
+    plt = pyplot()
     widths_ = result["widths"]
     cases = [r["case"] for r in widths_[0]["rows"]]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(cases) + 1.2))
@@ -352,13 +358,8 @@ def main(args) -> int:
             result = benchmark(args.widths, args.cases, args.batch_size, args.image_size, args.channels,
                                args.repeats, args.warmup, args.device, args.seeds, progress=say)
     runs = "sides" in result  # a --runs result (whole student runs), else single steps
-    if args.figure:
-        from .plots import write
-
-        fig = bench_run.plot(result) if runs else plot(result)
-        print(f"figure written to {write(fig, args.figure)}", file=sys.stderr)
     text = bench_run.table(result) if runs else table(result)
-    if args.out:
+    if args.out:  # the measurement first: a figure that fails must not lose it
         from .store import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(result, indent=1))
@@ -369,4 +370,9 @@ def main(args) -> int:
     else:
         print(text, file=sys.stderr)
         print(json.dumps(result, indent=1))
+    if args.figure:
+        from .plots import write
+
+        fig = bench_run.plot(result) if runs else plot(result)
+        print(f"figure written to {write(fig, args.figure)}", file=sys.stderr)
     return 0

@@ -66,7 +66,7 @@ def student_run_parts(per_class: int, method: str = "act+jac+ce", seed: int = 0,
     targets = teachers.teacher_targets(teacher, data, split, objective.jacobian_output,
                                        with_gradients=objective.gamma > 0, device="cpu")
     t2 = time.perf_counter()
-    if steps is not None:
+    if steps is not None:  # jkt.profiles.epochs_for's rule, written out: a baseline tree may not have it
         epochs = max(1, math.ceil(steps / math.ceil(len(split) / p.batch_size)))
     elif hasattr(p, "steps_for"):
         epochs = p.student_epochs_for(len(split), per_class=per_class, first_order=objective.first_order)
@@ -136,15 +136,16 @@ def compare(per_class=(1, 5, 10, 50), method: str = "act+jac+ce", repeats: int =
     sides = {"this": REPO}
     if baseline:
         sides = {"baseline": baseline_tree(baseline), **sides}
+    from .bench import host
+
+    machine = {**host(), "torch_threads": threads}  # when it started; the threads each side ran with
     rounds = {name: [] for name in sides}
     for r in range(repeats):
         for name, root in sides.items():
             rounds[name].append(_side(root, per_class, method, threads, steps))
             if progress:
                 progress(f"whole runs: round {r + 1}/{repeats}, {name} done")
-    from .bench import host
-
-    out = {"host": host(), "method": method, "threads": threads, "repeats": repeats, "baseline": baseline,
+    out = {"host": machine, "method": method, "threads": threads, "repeats": repeats, "baseline": baseline,
            "steps": steps, "sides": {}}
     for name, results in rounds.items():
         rows = {}
@@ -178,12 +179,9 @@ def table(result: dict) -> str:
 
 def plot(result: dict):
     """Seconds of each part of a run, one stacked bar per side and per_class size, runs per hour at the end."""
-    import matplotlib
+    from .bench import pyplot
 
-    if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "widget", "ipympl")):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sides = list(result["sides"])
     sizes = list(result["sides"][sides[-1]])
     labels, rows = [], []

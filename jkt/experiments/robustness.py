@@ -238,7 +238,8 @@ class RobustnessPlan:
             entry = noise.get(_sigma_key(sigma))
             if entry is None or (sigma > 0 and len(entry["draws"]) < self.noise_draws):
                 noise[_sigma_key(sigma)] = accuracy_under_noise(model, self.data, test, sigma, self.noise_draws,
-                                                                self.noise_seed, device=self.device)
+                                                                self.noise_seed, self.evaluation()["batch_size"],
+                                                                self.device)
         jacobian = metrics["jacobian"] if same and "jacobian" in metrics else \
             jacobian_norms(model, self.data, test, JACOBIAN_IMAGES, self.device)
         return {"evaluation": self.evaluation(), "noise": noise, "jacobian": jacobian, "n_test": len(test),
