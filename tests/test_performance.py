@@ -328,6 +328,9 @@ def test_a_whole_run_is_timed_in_parts_in_its_own_process(tmp_path, capsys):
     capsys.readouterr()
     assert main(["bench", "--load", str(saved), "--figure", str(figure)]) == 0
     assert figure.stat().st_size > 10_000 and "runs/h" in capsys.readouterr().out
+    kept = tmp_path / "kept.json"  # a figure path that fails does not lose the measurement
+    assert main(["bench", "--load", str(saved), "--figure", str(tmp_path / "no-suffix"), "--out", str(kept)]) != 0
+    assert json.loads(kept.read_text()) == result
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 28, 28), (2, 5, 7, 7), (1, 3, 6, 9), (2, 2, 1, 4)])
