@@ -35,16 +35,16 @@ def cmd_distill(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from . import batch, resources
+    from . import batch, grid, resources
 
     if args.list:
-        jobs = batch.plan(args.profile, args.only, args.seeds, args.out, args.device)
+        jobs = grid.plan(args.profile, args.only, args.seeds, args.out, args.device)
         missing = resources.missing_resources(jobs)
         for job in jobs:
             lacks = sorted(f"{kind} {name}" for kind, name in resources.job_needs(job) & set(missing))
             mark = f"  CANNOT RUN HERE: missing {', '.join(lacks)}" if lacks else ""
             print(f"{job.describe():48s} {job.output}  {job.parameters}{mark}")
-        print(f"{len(jobs)} notebooks, then {batch.report_job(args.profile, args.out).output}")
+        print(f"{len(jobs)} notebooks, then {grid.report_job(args.profile, args.out).output}")
         if missing:
             print(f"{len(missing)} missing here: {', '.join(f'{k} {n}' for k, n in missing)} "
                   f"(python -m jkt reproduce says how to get each)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jkt import batch, profiles, store, workers
+from jkt import batch, grid, profiles, store, workers
 from jkt.losses import PAPER_METHODS
 from jkt.__main__ import main
 
@@ -19,7 +19,7 @@ SMOKE_RUN = ["reproduce", "--profile", "smoke", "--only", "distill", "curves", "
 # ---- the grid (no execution) ------------------------------------------------------------------------------
 
 def test_cpu_grid_is_the_papers_tables_on_fashion_mnist(tmp_path):
-    jobs = batch.plan("cpu", out=tmp_path)
+    jobs = grid.plan("cpu", out=tmp_path)
     distill = [j for j in jobs if j.experiment == "distill" and "steps" not in j.parameters]
     p = profiles.get("cpu")
     assert sorted((j.parameters["per_class"], s) for j in distill for s in j.parameters["seeds"]) == \
@@ -34,17 +34,17 @@ def test_cpu_grid_is_the_papers_tables_on_fashion_mnist(tmp_path):
     assert [(j.experiment, j.parameters.get("routes")) for j in figures] == \
         [("taylor", None), ("jacobians", None), ("robustness", None)]  # 01, 02, and 04 with its default three routes
     with pytest.raises(ValueError, match="paper profile has no learning curves"):
-        batch.plan("paper", only=["curves"], out=tmp_path)
+        grid.plan("paper", only=["curves"], out=tmp_path)
     assert figures[0].parameters["widgets"] is False  # no ipywidgets in a headless batch kernel (nbclient #312 hangs)
     for j in jobs:
         assert j.parameters["profile"] == "cpu" and Path(j.notebook).exists()
         assert Path(j.output).parent == tmp_path / "cpu" / j.experiment and j.output.endswith(f"{j.name}.ipynb")
     assert len({j.output for j in jobs}) == len(jobs)
-    assert batch.report_job("cpu", tmp_path).output == str(tmp_path / "cpu" / "06_reproduce.ipynb")
+    assert grid.report_job("cpu", tmp_path).output == str(tmp_path / "cpu" / "06_reproduce.ipynb")
 
 
 def test_paper_grid_covers_tables_1_2_and_the_posters_columns(tmp_path):
-    jobs = batch.plan("paper", out=tmp_path)
+    jobs = grid.plan("paper", out=tmp_path)
     cells = {(j.parameters["dataset"], j.parameters["per_class"]) for j in jobs if j.experiment == "distill"}
     assert cells == {("cifar10", pc) for pc in (5, 10, 50, 100, 500, 1000, "full")} | \
         {("cifar100", pc) for pc in (1, 5, 10, 50, 100, "full")}
@@ -53,7 +53,7 @@ def test_paper_grid_covers_tables_1_2_and_the_posters_columns(tmp_path):
 
 
 def test_only_and_seeds_narrow_the_grid(tmp_path):
-    jobs = batch.plan("cpu", only=["transfer"], seeds=2, out=tmp_path)
+    jobs = grid.plan("cpu", only=["transfer"], seeds=2, out=tmp_path)
     assert {j.experiment for j in jobs} == {"transfer"} and {j.parameters["seeds"][0] for j in jobs} == {0, 1}
 
 
@@ -61,22 +61,22 @@ def test_only_and_seeds_narrow_the_grid(tmp_path):
                                           (dict(seeds=0), "seeds")])
 def test_bad_grid_options_are_rejected(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        batch.plan(**{"profile": "cpu", **kwargs})
+        grid.plan(**{"profile": "cpu", **kwargs})
 
 
 def test_a_jobs_plan_is_the_registered_plan_of_its_parameters(tmp_path):
-    job, = batch.plan("smoke", only=["distill"], out=tmp_path)
-    plan = batch.job_plan(batch.Job("distill", "x", job.notebook, dict(job.parameters, per_class=3, seeds=[4]), "x"))
+    job, = grid.plan("smoke", only=["distill"], out=tmp_path)
+    plan = grid.job_plan(grid.Job("distill", "x", job.notebook, dict(job.parameters, per_class=3, seeds=[4]), "x"))
     assert (plan.profile.name, plan.dataset, plan.per_class, plan.seeds) == ("smoke", "digits", 3, [4])
-    assert batch.pending_runs(batch.Job("taylor", "01", "01.ipynb", {"profile": "smoke"}, "01")) == 0
+    assert grid.pending_runs(grid.Job("taylor", "01", "01.ipynb", {"profile": "smoke"}, "01")) == 0
 
 
 def test_the_committed_figures_are_written_only_by_a_default_reproduction(tmp_path):
     from jkt.plots import COMMITTED
 
-    assert batch.figures_out("cpu") == COMMITTED and batch.figures_out("paper") == COMMITTED
-    assert batch.figures_out("smoke") == batch.default_out().resolve() / "smoke" / "figures"
-    assert batch.figures_out("cpu", tmp_path) == tmp_path.resolve() / "cpu" / "figures"
+    assert grid.figures_out("cpu") == COMMITTED and grid.figures_out("paper") == COMMITTED
+    assert grid.figures_out("smoke") == grid.default_out().resolve() / "smoke" / "figures"
+    assert grid.figures_out("cpu", tmp_path) == tmp_path.resolve() / "cpu" / "figures"
 
 
 # ---- running it ---------------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def test_the_report_is_made_again_when_its_records_or_its_code_are_newer(tmp_pat
     source, out, results = tmp_path / "06.ipynb", tmp_path / "runs" / "06_reproduce.ipynb", tmp_path / "results"
     source.write_text("{}")
     results.mkdir()
-    job = batch.Job("report", "06_reproduce", str(source), {}, str(out))
+    job = grid.Job("report", "06_reproduce", str(source), {}, str(out))
     assert batch.report_stale(job, results, [source]) == "no report yet"
     out.parent.mkdir()
     out.write_text("{}")
@@ -155,7 +155,7 @@ def test_the_report_is_made_again_when_its_records_or_its_code_are_newer(tmp_pat
     os.utime(record, (2_000, 2_000))
     os.utime(source, (5_000, 5_000))  # a git pull that changed the report's notebook or the package
     assert batch.report_stale(job, results, [source]) == f"changed since the report: {source}"
-    default = batch.report_sources(batch.report_job("cpu", tmp_path))
+    default = batch.report_sources(grid.report_job("cpu", tmp_path))
     assert default[0].name == "06_reproduce.ipynb" and batch.REPO / "jkt" / "report.py" in default
 
 
@@ -168,14 +168,14 @@ def test_on_a_dask_cluster_a_killed_grid_resumes_and_a_failing_notebook_does_not
     from distributed import LocalCluster
 
     runs = first_run[1]
-    job, = batch.plan("smoke", only=["distill"], out=sandbox / "runs")
+    job, = grid.plan("smoke", only=["distill"], out=sandbox / "runs")
     before = accuracies(sandbox)
     Path(job.output).unlink()
     victim = next(p for p in (sandbox / "results").glob("*.json")
                   if json.loads(p.read_text())["config"]["method"] == "act+jac+ce")
     victim.unlink()
     (runs / "distill" / ".digits-per_class5-seed0.deadbeef.tmp.ipynb").write_text("{")
-    bad = batch.Job("distill", "bad-per_class", job.notebook, dict(job.parameters, per_class=-1),
+    bad = grid.Job("distill", "bad-per_class", job.notebook, dict(job.parameters, per_class=-1),
                     str(Path(job.output).with_name("bad-per_class.ipynb")))
     monkeypatch.setattr(batch, "plan", lambda *a, **k: [bad, job])
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",
@@ -244,7 +244,7 @@ def test_in_a_log_the_batch_prints_a_line_per_job_and_a_status_line_at_most_ever
     monkeypatch.setattr(batch, "run_job", fake_run)
     monkeypatch.setattr(batch, "STATUS_EVERY", 0.0)
     monkeypatch.delenv("JKT_PROGRESS", raising=False)
-    jobs = [batch.Job("taylor", f"nb{i}", "x.ipynb", {"profile": "smoke"}, f"/nonexistent/nb{i}.ipynb")
+    jobs = [grid.Job("taylor", f"nb{i}", "x.ipynb", {"profile": "smoke"}, f"/nonexistent/nb{i}.ipynb")
             for i in range(3)]
     lines = []
     summary = batch.execute(jobs, Pool(), progress=True, log=lines.append)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from jkt import batch, curves, data, profiles, report
+from jkt import curves, data, grid, profiles, report
 from jkt.experiments.distill import method_objective
 from jkt.jacobian import softmax_output_and_input_gradient
 from jkt.losses import jacobian_matching_ce, preset
@@ -193,17 +193,17 @@ def test_the_batch_runs_each_cells_seeds_and_methods_and_the_learning_curves(tmp
                      grid_seeds={1: 5}, seeds_per_job={1: 2}, extra_methods={1: ("noisy",)},
                      curves={"methods": ("act", "act+jac"), "factors": (0.5, 1, 2), "seeds": (0, 1)})
     monkeypatch.setitem(profiles.PROFILES, "cpu", p)
-    jobs = batch.plan("cpu", only=["distill", "curves"], out=tmp_path)
-    grid = [(j.parameters["per_class"], j.parameters["seeds"], "noisy" in j.parameters["methods"])
-            for j in jobs if "steps" not in j.parameters]
-    assert grid == [(100, [s], False) for s in range(3)] + [(1, [0, 1], True), (1, [2, 3], True), (1, [4], True)]
+    jobs = grid.plan("cpu", only=["distill", "curves"], out=tmp_path)
+    cells = [(j.parameters["per_class"], j.parameters["seeds"], "noisy" in j.parameters["methods"])
+             for j in jobs if "steps" not in j.parameters]
+    assert cells == [(100, [s], False) for s in range(3)] + [(1, [0, 1], True), (1, [2, 3], True), (1, [4], True)]
     assert [j.name for j in jobs][3:6] == ["fashion-mnist-per_class1-seed0-1", "fashion-mnist-per_class1-seed2-3",
                                            "fashion-mnist-per_class1-seed4"]  # the longest cells first
     extra = [(j.parameters["per_class"], j.parameters["steps"], j.parameters["seeds"], j.parameters["methods"])
              for j in jobs if "steps" in j.parameters]
     assert extra == [(100, 1600, [0, 1], ["act", "act+jac"]), (100, 400, [0, 1], ["act", "act+jac"]),
                      (1, 800, [0, 1], ["act+jac"]), (1, 200, [0, 1], ["act", "act+jac"]), (1, 50, [0, 1], ["act"])]
-    assert len(batch.plan("cpu", only=["distill"], seeds=2, out=tmp_path)) == 1 + 2  # per_class 1: one job of 2 seeds
+    assert len(grid.plan("cpu", only=["distill"], seeds=2, out=tmp_path)) == 1 + 2  # per_class 1: one job of 2 seeds
 
 
 def test_a_student_that_diverges_is_recorded_as_such_and_the_grid_goes_on(tmp_path, monkeypatch):
